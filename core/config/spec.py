@@ -1,0 +1,97 @@
+"""The structured pipeline spec a YAML run file is validated against.
+
+Component nodes (``data``, ``knowledge.*``, ``model.*``, ``linker``, strategies,
+protocols, metrics) are plain dicts with a ``type:`` key; the registry validates
+the rest of each node against that component's own ``Config`` dataclass.
+A string where a node is expected is shorthand for ``{type: <string>}``, except
+``data``, where a string names a corpus bundle in registry.yaml (``corpora:``),
+which sets ``data``, ``knowledge`` and ``linker`` together.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+Node = dict[str, Any]
+
+
+@dataclass
+class OptimizerSpec:
+    type: str = "adam"  # adam | adamw | sgd
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    momentum: float = 0.0  # sgd only
+
+
+@dataclass
+class ScheduleSpec:
+    type: str = "constant"  # constant | linear | cosine | warmup_linear
+    warmup_steps: int = 0
+
+
+@dataclass
+class EarlyStoppingSpec:
+    metric: str = "loss"  # "loss" (valid loss of the stage's objectives) or a report key, e.g. "rec.recall@10"
+    mode: str = "min"  # min | max
+    patience: int = 3
+
+
+@dataclass
+class StageSpec:
+    name: str
+    task: str = "rec"  # rec: one sample per recommended item; conv: one per recommender turn; all: conv samples
+    objectives: dict[str, float] = field(default_factory=dict)  # loss name (loss.<name>) -> weight
+    train: list[str] = field(default_factory=lambda: ["*"])  # slots whose parameters this stage updates
+    epochs: int = 1
+    batch_size: int = 32
+    optimizer: OptimizerSpec = field(default_factory=OptimizerSpec)
+    schedule: ScheduleSpec = field(default_factory=ScheduleSpec)
+    grad_clip: float = 0.0  # max global grad norm; 0 = off
+    early_stopping: Optional[EarlyStoppingSpec] = None
+    strategy: Node = field(default_factory=lambda: {"type": "plain"})
+    validate: bool = True  # evaluate on the valid split after each epoch
+
+
+@dataclass
+class SamplesSpec:
+    context_turns: int = 0  # 0 = whole history
+    max_context_tokens: int = 256
+    max_response_tokens: int = 48
+    max_context_entities: int = 32
+    max_context_words: int = 64
+    entity_graph: Optional[str] = None  # knowledge name of the entity graph; None = the only one, if any
+    word_graph: Optional[str] = None  # knowledge name of the word graph; None = the only one, if any
+    valid_fraction: float = 0.1  # carved from train when the corpus has no valid split
+    min_word_freq: int = 1
+    max_train_conversations: int = 0  # 0 = all; for quick runs
+
+
+@dataclass
+class EvaluationSpec:
+    split: str = "test"
+    protocols: list[Node] = field(default_factory=lambda: [{"type": "crslab"}])
+    metrics: list[Node] = field(default_factory=lambda: [
+        {"type": "recall"}, {"type": "mrr"}, {"type": "ndcg"},
+        {"type": "dist"}, {"type": "bleu"}, {"type": "f1"}, {"type": "ppl"},
+    ])
+    generate: bool = True  # decode replies and score them (slower than ppl alone)
+    max_gen_tokens: int = 30
+    batch_size: int = 64
+    max_samples: int = 0  # 0 = all; caps generation samples for quick runs
+
+
+@dataclass
+class PipelineSpec:
+    data: Node
+    model: dict[str, Node]
+    stages: list[StageSpec]
+    name: str = "pipeline"
+    seed: int = 42
+    run_dir: str = "runs/${name}"
+    device: str = "cpu"
+    threads: int = 0  # torch threads; 0 = torch's default
+    knowledge: dict[str, Node] = field(default_factory=dict)
+    linker: Optional[Node] = None  # links non-item words into the entity graph
+    samples: SamplesSpec = field(default_factory=SamplesSpec)
+    evaluation: EvaluationSpec = field(default_factory=EvaluationSpec)
+    preset: Optional[str] = None  # informational after loading: which registry.yaml preset it came from

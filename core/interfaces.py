@@ -1,0 +1,271 @@
+"""Base classes for every component kind.
+
+Every component class has a nested ``@dataclass Config`` (the keys its YAML node
+may carry besides ``type``) and is constructed as ``cls(config, deps)`` where
+``deps`` is a :class:`BuildDeps` holding what the pipeline provides explicitly:
+vocabulary, item index, indexed graphs, item texts.
+
+Model components (encoders, user encoders, recommenders, fusion objectives,
+generators) are ``torch.nn.Module`` s wired by *ports*: each declares the state
+keys it reads (``input_ports``) and writes (``output_ports``), with dimensions.
+The pipeline builder checks before training that every input is provided by a
+batch field or another slot and that dimensions agree, and runs only the slots a
+requested output needs.  Losses are outputs named ``loss.<name>``; a training
+stage weights them by name.  YAML may rename a slot's ports with
+``inputs: {port: key}`` / ``outputs: {port: key}``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+from torch import nn
+
+from .errors import ConfigError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .data.schema import Corpus
+    from .data.vocab import Vocabulary
+    from .knowledge import IndexedGraph, ItemTexts, KnowledgeGraph
+
+
+@dataclass
+class EmptyConfig:
+    """A component with no options."""
+
+
+@dataclass(frozen=True)
+class Port:
+    """A state key a model component reads or writes.
+
+    ``dim`` is the size of the last axis when it matters (None: not checked);
+    ``optional`` inputs may be absent (e.g. targets at inference time).
+    """
+
+    key: str
+    dim: int | None = None
+    optional: bool = False
+    doc: str = ""
+
+
+@dataclass
+class ItemIndex:
+    """The recommendable items of a pipeline, in a fixed order (item index = position)."""
+
+    ids: list[str]
+    names: list[str]
+    entity_nodes: torch.Tensor  # long (n_items,): node index of each item in the entity graph
+    train_counts: torch.Tensor  # float (n_items,): times each item was recommended in train
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+@dataclass
+class BuildDeps:
+    """What the pipeline builder hands to a component's constructor."""
+
+    path: str  # YAML path of the component node, for error messages
+    vocab: "Vocabulary | None" = None
+    items: ItemIndex | None = None
+    graphs: dict[str, "IndexedGraph"] = field(default_factory=dict)
+    item_texts: dict[str, "ItemTexts"] = field(default_factory=dict)
+    num_users: int = 1
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def graph(self, name: str, key: str = "graph") -> "IndexedGraph":
+        """The indexed graph named `name` in `knowledge:`; a ConfigError at `path.key` if absent."""
+        if name not in self.graphs:
+            have = ", ".join(sorted(self.graphs)) or "(no graph in `knowledge:`)"
+            raise ConfigError(f"{self.path}.{key}", f"no knowledge graph named '{name}'",
+                              f"name one of the graphs under `knowledge:`: {have}")
+        return self.graphs[name]
+
+    def texts(self, name: str, key: str = "source") -> "ItemTexts":
+        if name not in self.item_texts:
+            have = ", ".join(sorted(self.item_texts)) or "(no item texts in `knowledge:`)"
+            raise ConfigError(f"{self.path}.{key}", f"no item-text source named '{name}'",
+                              f"name one of: {have}")
+        return self.item_texts[name]
+
+    def require(self, attr: str) -> Any:
+        value = getattr(self, attr)
+        if value is None:
+            raise ConfigError(self.path, f"this component needs the pipeline's {attr}, which is not available")
+        return value
+
+
+class Component:
+    """Mixin every component shares: its kind and its Config dataclass."""
+
+    kind: ClassVar[str] = ""
+    Config: ClassVar[type] = EmptyConfig
+
+
+# ----------------------------------------------------------------- model slots
+class ModelComponent(Component, nn.Module):
+    """A trainable slot of the model, wired by ports."""
+
+    def __init__(self, config: Any, deps: BuildDeps):
+        nn.Module.__init__(self)
+        self.config = config
+        self.path = deps.path
+
+    def input_ports(self) -> dict[str, Port]:
+        return {}
+
+    def output_ports(self) -> dict[str, Port]:
+        return {}
+
+    def forward(self, inputs: dict[str, Any]) -> dict[str, Any]:  # pragma: no cover - abstract
+        """Map local input port names to values; return local output port names to values."""
+        raise NotImplementedError
+
+
+class ContextEncoder(ModelComponent):
+    kind = "context_encoder"
+
+
+class ExternalEncoder(ModelComponent):
+    kind = "external_encoder"
+
+
+class UserEncoder(ModelComponent):
+    kind = "user_encoder"
+
+
+class Recommender(ModelComponent):
+    """Outputs ``scores`` (B, n_items) and, when a target is given, ``loss.rec``."""
+
+    kind = "recommender"
+
+
+class FusionObjective(ModelComponent):
+    """Outputs one or more ``loss.<name>`` that align two representation spaces."""
+
+    kind = "fusion_objective"
+
+
+class Generator(ModelComponent):
+    """Outputs ``loss.gen`` (teacher forcing) and, for perplexity, ``nll_sum`` / ``nll_count``.
+
+    ``generate`` decodes replies (greedy unless the component says otherwise).
+    """
+
+    kind = "generator"
+
+    def generate(self, inputs: dict[str, Any], max_len: int) -> torch.Tensor:  # pragma: no cover
+        """Return long (B, T) token ids, without BOS, stopping at EOS."""
+        raise NotImplementedError
+
+
+MODEL_KINDS = ("context_encoder", "external_encoder", "user_encoder", "recommender", "fusion_objective", "generator")
+
+
+# ------------------------------------------------------------ non-model kinds
+class Dataset(Component):
+    kind = "dataset"
+
+    def __init__(self, config: Any, deps: BuildDeps):
+        self.config, self.path = config, deps.path
+
+    def load(self) -> "Corpus":  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class KnowledgeSource(Component):
+    kind = "knowledge_source"
+
+    def __init__(self, config: Any, deps: BuildDeps):
+        self.config, self.path = config, deps.path
+
+    def load(self, corpus: "Corpus") -> "KnowledgeGraph | ItemTexts":  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class EntityLinker(Component):
+    """Finds graph nodes named in free text (data preparation and live chat)."""
+
+    kind = "entity_linker"
+
+    def __init__(self, config: Any, deps: BuildDeps):
+        self.config, self.path = config, deps.path
+
+    def fit(self, graph: "IndexedGraph") -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def link(self, text: str) -> list[int]:  # pragma: no cover - abstract
+        """Node indices of `graph` mentioned in `text`, in order of first mention."""
+        raise NotImplementedError
+
+
+class Metric(Component):
+    """Accumulates over batches; ``task`` says what it is fed.
+
+    - ``rec``: ``update(scores (B, n_items), targets (B,))`` with excluded candidates at -inf;
+    - ``gen``: ``update(hyps: list[list[str]], refs: list[list[str]])`` word tokens;
+    - ``nll``: ``update(nll_sum: float, count: int)``.
+    """
+
+    kind = "metric"
+    task: ClassVar[str] = "rec"
+
+    def __init__(self, config: Any, deps: BuildDeps):
+        self.config, self.path = config, deps.path
+
+    def reset(self) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def update(self, *args: Any) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def compute(self) -> dict[str, float]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class EvaluationProtocol(Component):
+    """Decides which samples are scored, the candidate set, and exclusions.  ``id`` goes in every report."""
+
+    kind = "evaluation_protocol"
+    id: ClassVar[str] = ""
+
+    def __init__(self, config: Any, deps: BuildDeps):
+        self.config, self.path = config, deps.path
+
+    def rec_samples(self, samples: list) -> list:  # pragma: no cover - abstract
+        """Expand/filter recommender-turn samples into scored samples (target_item set)."""
+        raise NotImplementedError
+
+    def candidate_mask(self, batch: dict, n_items: int) -> torch.Tensor | None:
+        """Bool (B, n_items), True where an item may be ranked; None = all items."""
+        return None
+
+
+class TrainingStrategy(Component):
+    """How one epoch of a stage updates the parameters (plain loop, MAML, ...)."""
+
+    kind = "training_strategy"
+
+    def __init__(self, config: Any, deps: BuildDeps):
+        self.config, self.path = config, deps.path
+
+    def train_epoch(self, loop: Any) -> dict[str, float]:  # pragma: no cover - abstract
+        """Run one epoch using `loop` (a crs.training.loop.EpochLoop); return mean losses."""
+        raise NotImplementedError
+
+
+BASES: dict[str, type] = {
+    "dataset": Dataset,
+    "knowledge_source": KnowledgeSource,
+    "entity_linker": EntityLinker,
+    "context_encoder": ContextEncoder,
+    "external_encoder": ExternalEncoder,
+    "user_encoder": UserEncoder,
+    "recommender": Recommender,
+    "fusion_objective": FusionObjective,
+    "training_strategy": TrainingStrategy,
+    "generator": Generator,
+    "metric": Metric,
+    "evaluation_protocol": EvaluationProtocol,
+}
