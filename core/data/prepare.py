@@ -1,0 +1,128 @@
+"""Corpus-level preparation before samples are built: splits, item index, vocabulary, users.
+
+Nothing here mutates the corpus it is given (dataset components may cache and
+share one corpus object); functions that change splits return a new Corpus.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import replace
+
+import torch
+
+from ..errors import ConfigError, DataError
+from ..interfaces import ItemIndex
+from ..knowledge import IndexedGraph
+from .schema import Corpus, Conversation
+from .vocab import Vocabulary
+
+UNLINKED_PREFIX = "item:"  # entity-graph node name of an item the KG does not know
+
+
+def _unit_hash(text: str) -> float:
+    """A stable number in [0, 1) for `text` (same on every machine and Python run, unlike hash())."""
+    digest = hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2.0**64
+
+
+def ensure_valid_split(corpus: Corpus, fraction: float, seed: int) -> Corpus:
+    """Carve a "valid" split out of train when the corpus has none (or an empty one).
+
+    Membership depends only on a hash of (seed, conversation id), so adding or
+    removing other conversations never moves one between train and valid.
+    At least one conversation is carved when `fraction` > 0 and train has two or more.
+    """
+    if corpus.split("valid"):
+        return corpus
+    if not 0.0 <= fraction < 1.0:
+        raise ConfigError("samples.valid_fraction", f"{fraction} is not in [0, 1)",
+                          "use e.g. 0.1 to hold out 10% of train for validation")
+    train = corpus.split("train")
+    if fraction == 0.0 or len(train) < 2:
+        return replace(corpus, splits={**corpus.splits, "valid": []})
+    keys = [_unit_hash(f"{seed}:{conv.id}") for conv in train]
+    chosen = {i for i, key in enumerate(keys) if key < fraction}
+    if not chosen:
+        chosen = {min(range(len(train)), key=keys.__getitem__)}
+    splits = dict(corpus.splits)
+    splits["train"] = [c for i, c in enumerate(train) if i not in chosen]
+    splits["valid"] = [c for i, c in enumerate(train) if i in chosen]
+    report = {**corpus.report, "valid_carved_from_train": len(chosen)}
+    return replace(corpus, splits=splits, report=report)
+
+
+def limit_train(corpus: Corpus, n: int) -> Corpus:
+    """Keep the first `n` train conversations (0 = all), for quick runs."""
+    if n <= 0 or len(corpus.split("train")) <= n:
+        return corpus
+    report = {**corpus.report, "train_limited_to": n}
+    return replace(corpus, splits={**corpus.splits, "train": corpus.splits["train"][:n]}, report=report)
+
+
+def _item_ids(corpus: Corpus) -> list[str]:
+    """Every item id of the corpus (declared or mentioned), in sorted order: the item index order."""
+    ids = set(corpus.items)
+    for conversations in corpus.splits.values():
+        for conv in conversations:
+            for turn in conv.turns:
+                ids.update(m.id for m in turn.items)
+                ids.update(turn.recommended)
+    return sorted(ids)
+
+
+def item_entity_names(corpus: Corpus) -> list[str]:
+    """Entity-graph node name of each item, in item-index order ("item:<id>" when unlinked).
+
+    The pipeline passes these as extra nodes when indexing the entity graph, so
+    every item has a node even when the KG lacks it.
+    """
+    names = []
+    for item_id in _item_ids(corpus):
+        item = corpus.items.get(item_id)
+        names.append(item.entity if item is not None and item.entity else f"{UNLINKED_PREFIX}{item_id}")
+    return names
+
+
+def build_item_index(corpus: Corpus, entity_graph: IndexedGraph) -> ItemIndex:
+    """Items in sorted id order with their entity-graph nodes and train recommendation counts."""
+    ids = _item_ids(corpus)
+    names_by_id: dict[str, str] = {}
+    for conversations in corpus.splits.values():  # fall back to a mention's words for undeclared items
+        for conv in conversations:
+            for turn in conv.turns:
+                for m in turn.items:
+                    names_by_id.setdefault(m.id, m.text or m.id)
+    names = [corpus.items[i].name if i in corpus.items else names_by_id.get(i, i) for i in ids]
+    nodes = []
+    for item_id, node_name in zip(ids, item_entity_names(corpus)):
+        node = entity_graph.node_index.get(node_name)
+        if node is None:
+            raise DataError(f"<entity graph '{entity_graph.name}'>", f"item '{item_id}' has no node '{node_name}'",
+                            "index the entity graph with extra_nodes=item_entity_names(corpus)")
+        nodes.append(node)
+    position = {item_id: i for i, item_id in enumerate(ids)}
+    counts = torch.zeros(len(ids), dtype=torch.float)
+    for conv in corpus.split("train"):
+        for turn in conv.turns:
+            for item_id in turn.recommended:
+                counts[position[item_id]] += 1
+    return ItemIndex(ids=ids, names=names, entity_nodes=torch.tensor(nodes, dtype=torch.long), train_counts=counts)
+
+
+def build_vocab(corpus: Corpus, min_freq: int, items: ItemIndex) -> Vocabulary:
+    """Vocabulary of the train texts, item mentions replaced by `@<item_id>`, plus every item token."""
+    from .build import replace_mentions
+
+    texts = (replace_mentions(turn) for conv in corpus.split("train") for turn in conv.turns)
+    return Vocabulary.build(texts, min_freq=max(1, min_freq), extra=[f"@{i}" for i in items.ids])
+
+
+def build_user_index(corpus: Corpus) -> dict[str, int]:
+    """User id -> index over all splits, starting at 1 (0 = unknown / no user id)."""
+    users = sorted({conv.user_id for convs in corpus.splits.values() for conv in convs if conv.user_id})
+    return {user: i + 1 for i, user in enumerate(users)}
+
+
+def conversations(corpus: Corpus) -> list[Conversation]:
+    """All conversations of all splits, in split order (for statistics)."""
+    return [conv for convs in corpus.splits.values() for conv in convs]

@@ -1,0 +1,75 @@
+"""Collating samples into `batch.*` tensors and iterating batches."""
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+
+from crs.data import samples as samples_module
+from crs.data.batching import collate, iterate_batches
+from crs.data.samples import Sample
+
+
+def _sample(n: int, **overrides) -> Sample:
+    fields = dict(conv_id=f"c{n}", turn_index=n, user_index=n % 3, context_text=[f"text {n}"],
+                  context_tokens=list(range(5, 5 + n)), context_entities=[n + 1] * (n % 2), context_words=[],
+                  context_items=[0] if n % 2 else [], target_items=[n, n + 1], response_tokens=[2, 7, 3],
+                  response_text=f"reply {n}")
+    fields.update(overrides)
+    return Sample(**fields)
+
+
+def _documented_keys() -> set[str]:
+    """The batch keys of the table in crs.data.samples' docstring."""
+    return set(re.findall(r"^(batch\.\w+)", samples_module.__doc__, flags=re.MULTILINE))
+
+
+def test_collate_has_exactly_the_documented_keys():
+    batch = collate([_sample(1), _sample(2)])
+    assert len(_documented_keys()) == 18
+    assert set(batch) == _documented_keys()
+
+
+def test_collate_pads_with_zero_and_masks():
+    samples = [_sample(1), _sample(3, target_item=4), _sample(2)]
+    batch = collate(samples)
+    tokens, mask = batch["batch.context_tokens"], batch["batch.context_tokens_mask"]
+    assert tokens.dtype == torch.long and mask.dtype == torch.bool
+    assert tokens.shape == mask.shape == (3, 3)
+    assert tokens.tolist() == [[5, 0, 0], [5, 6, 7], [5, 6, 0]]
+    assert mask.sum(1).tolist() == [1, 3, 2]
+    assert (tokens[~mask] == 0).all()
+    # item index 0 is a real item: only the mask tells it from padding
+    assert batch["batch.context_items"].tolist() == [[0], [0], [0]]
+    assert batch["batch.context_items_mask"].tolist() == [[True], [True], [False]]
+    assert batch["batch.target_item"].tolist() == [-1, 4, -1]
+    assert batch["batch.target_items"].tolist() == [[1, 2], [3, 4], [2, 3]]
+    assert batch["batch.user_index"].tolist() == [1, 0, 2]
+    assert batch["batch.turn_index"].tolist() == [1, 3, 2]
+    assert batch["batch.response_text"] == ["reply 1", "reply 3", "reply 2"]
+    assert batch["batch.context_text"] == [["text 1"], ["text 3"], ["text 2"]]
+    assert batch["batch.samples"] == samples
+
+
+def test_field_empty_everywhere_keeps_one_masked_column():
+    batch = collate([_sample(2), _sample(4)])
+    assert batch["batch.context_words"].shape == (2, 1)
+    assert not batch["batch.context_words_mask"].any()
+    assert not batch["batch.context_entities_mask"].any()
+
+
+def test_iterate_batches_is_deterministic_and_complete():
+    samples = [_sample(n) for n in range(1, 11)]
+    original = list(samples)
+    order = lambda seed, shuffle=True: [s.conv_id for b in iterate_batches(samples, 3, shuffle=shuffle, seed=seed)
+                                        for s in b["batch.samples"]]
+    assert order(5) == order(5)
+    assert order(5) != order(6)
+    assert sorted(order(5)) == sorted(s.conv_id for s in samples)
+    assert order(0, shuffle=False) == [s.conv_id for s in samples]
+    assert samples == original  # the caller's list is not shuffled in place
+    sizes = [len(b["batch.samples"]) for b in iterate_batches(samples, 3, shuffle=False, seed=0)]
+    assert sizes == [3, 3, 3, 1]
+    with pytest.raises(ValueError):
+        list(iterate_batches(samples, 0, shuffle=False, seed=0))
