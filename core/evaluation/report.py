@@ -1,0 +1,114 @@
+"""Evaluation reports: a terminal table and ``report.json`` in the run directory.
+
+``report.json`` (written atomically, so a reader never sees half a report) holds::
+
+    {
+      "format": "crs-report/1",
+      "protocols": ["crslab-v1", ...],          # ids, in evaluation order
+      "metrics": {protocol_id: {metric_key: value}},   # NaN / inf -> null
+      "sample_counts": {protocol_id: {"rec": n, "conv": n, "gen": n}},
+      "definitions": {"gen.dist-n/sentences": "...", "gen.dist-n/ngrams": "...", "rec.rank": "..."},
+      "config": <the resolved pipeline config>,
+      "extra": {... caller's timings, data report ...,
+                "examples": [{"context", "reference", "hypothesis"}, ...]},
+      "written_at": "2025-01-01T12:00:00+00:00"
+    }
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import math
+from pathlib import Path
+from typing import Any, Mapping
+
+from ..io import atomic_write_json
+
+REPORT_NAME = "report.json"
+FORMAT = "crs-report/1"
+
+DEFINITIONS = {
+    "gen.dist-n/sentences": "distinct word n-grams over all generated replies / number of replies "
+                            "(KGSF, CRSLab convention; can exceed 1)",
+    "gen.dist-n/ngrams": "distinct word n-grams over all generated replies / total generated n-grams "
+                         "(Li et al. 2016 ratio, in [0, 1])",
+    "rec.rank": "1 + number of candidates scored strictly higher than the target (ties favour the "
+                "target); items excluded by the protocol are never ranked",
+    "gen.bleu-n": "BLEU+1 smoothed (Lin & Och 2004); mode and weights as in the metric's config",
+    "gen.ppl": "exp(total token NLL / total non-pad reference tokens) under teacher forcing",
+}
+
+
+def format_table(results: Mapping[str, Mapping[str, float]], *, digits: int = 4) -> str:
+    """A plain-text table: one row per metric key, one column per protocol id.
+
+    Rows keep the order in which keys first appear (rec before gen, cut-offs
+    ascending, as the metrics produce them); a value a protocol lacks prints "-".
+    """
+    protocols = list(results)
+    if not protocols:
+        return "(no evaluation results)"
+    keys: list[str] = []
+    for values in results.values():
+        keys.extend(k for k in values if k not in keys)
+    rows = [["metric", *protocols]]
+    rows += [[key, *(_cell(results[p].get(key), digits) for p in protocols)] for key in keys]
+    counts = getattr(results, "sample_counts", {})
+    if counts:
+        rows.append(["(rec samples)", *(str(counts.get(p, {}).get("rec", "-")) for p in protocols)])
+    widths = [max(len(row[col]) for row in rows) for col in range(len(rows[0]))]
+    lines = []
+    for i, row in enumerate(rows):
+        cells = [row[0].ljust(widths[0])] + [cell.rjust(w) for cell, w in zip(row[1:], widths[1:])]
+        lines.append("  ".join(cells).rstrip())
+        if i == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _cell(value: float | None, digits: int) -> str:
+    if value is None:
+        return "-"
+    return "nan" if math.isnan(value) else f"{value:.{digits}f}"
+
+
+def write_report(run_dir: str | Path, results: Mapping[str, Mapping[str, float]], *,
+                 resolved_config: dict, extra: dict | None = None) -> Path:
+    """Write ``<run_dir>/report.json`` atomically and return its path.
+
+    ``extra`` (timings, data report, ...) is stored as given; the examples and
+    sample counts an :class:`~crs.evaluation.evaluator.EvaluationResults`
+    carries are added unless ``extra`` already has ``examples``.  Values JSON
+    cannot hold (NaN, inf, tensors, paths) are converted: non-finite numbers
+    become ``null``, tensors lists, anything else its ``str``.
+    """
+    extra = dict(extra or {})
+    if "examples" not in extra and getattr(results, "examples", None):
+        extra["examples"] = results.examples
+    if "evaluation_timings_s" not in extra and getattr(results, "timings", None):
+        extra["evaluation_timings_s"] = {k: round(v, 3) for k, v in results.timings.items()}
+    report = {
+        "format": FORMAT,
+        "protocols": list(results),
+        "metrics": {pid: dict(values) for pid, values in results.items()},
+        "sample_counts": dict(getattr(results, "sample_counts", {})),
+        "definitions": DEFINITIONS,
+        "config": resolved_config,
+        "extra": extra,
+        "written_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    return atomic_write_json(Path(run_dir) / REPORT_NAME, _json_safe(report))
+
+
+def _json_safe(value: Any) -> Any:
+    """A copy of ``value`` that strict JSON can hold (see :func:`write_report`)."""
+    if isinstance(value, Mapping):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, bool) or value is None or isinstance(value, (str, int)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if hasattr(value, "tolist"):  # tensors, numpy arrays and scalars
+        return _json_safe(value.tolist())
+    return str(value)
