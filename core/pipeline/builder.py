@@ -1,0 +1,145 @@
+"""Builds a runnable pipeline from a validated spec: data, knowledge, samples, model slots."""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import torch
+
+from ..config.spec import PipelineSpec
+from ..data.schema import Corpus
+from ..data.vocab import Vocabulary
+from ..errors import ConfigError
+from ..interfaces import MODEL_KINDS, BuildDeps, ItemIndex
+from ..knowledge import ENTITY, WORD, IndexedGraph, ItemTexts, KnowledgeGraph
+from .model import PipelineModel
+from .wiring import wire
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Pipeline:
+    spec: PipelineSpec
+    resolved: dict
+    registry: Any
+    corpus: Corpus
+    vocab: Vocabulary
+    items: ItemIndex
+    graphs: dict[str, IndexedGraph]
+    item_texts: dict[str, ItemTexts]
+    users: dict[str, int]
+    samples: dict[str, list]
+    model: PipelineModel
+    linker: Any = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device(self.spec.device)
+
+    def deps(self, path: str) -> BuildDeps:
+        return BuildDeps(path=path, vocab=self.vocab, items=self.items, graphs=self.graphs,
+                         item_texts=self.item_texts, num_users=len(self.users) + 1)
+
+    def build(self, kind: str, node: Any, path: str) -> Any:
+        """Build a non-model component (metric, protocol, strategy) with this pipeline's dependencies."""
+        return self.registry.build(kind, node, path, self.deps(path))
+
+    def task_samples(self, split: str, task: str) -> list:
+        samples = self.samples.get(split, [])
+        if task == "rec":
+            return [s.for_item(i) for s in samples for i in s.target_items]
+        if task in ("conv", "all"):
+            return [s for s in samples if len(s.response_tokens) > 2]
+        raise ConfigError("stages.task", f"unknown task '{task}'", "use rec, conv or all")
+
+    def batches(self, samples: list, batch_size: int, *, shuffle: bool, seed: int) -> Iterator[dict]:
+        from ..data.batching import iterate_batches
+
+        device = self.device
+        for batch in iterate_batches(samples, batch_size, shuffle=shuffle, seed=seed):
+            if device.type != "cpu":
+                batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+            yield batch
+
+
+def _pick_graph(graphs: dict[str, IndexedGraph | KnowledgeGraph], role: str, wanted: str | None, key: str) -> str | None:
+    if wanted is not None:
+        if wanted not in graphs:
+            raise ConfigError(f"samples.{key}", f"no knowledge graph named '{wanted}'",
+                              f"name one of: {', '.join(graphs) or '(none under knowledge:)'}")
+        return wanted
+    named = [n for n, g in graphs.items() if g.role == role]
+    if len(named) > 1:
+        raise ConfigError(f"samples.{key}", f"several {role} graphs ({', '.join(named)}); which one feeds the samples?",
+                          f"set samples.{key} to one of them")
+    return named[0] if named else None
+
+
+def build_pipeline(spec: PipelineSpec, registry: Any, resolved: dict) -> Pipeline:
+    from ..data import build as sample_build
+    from ..data import prepare
+
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    dataset = registry.build("dataset", spec.data, "data", BuildDeps(path="data"))
+    corpus = dataset.load()
+    if spec.samples.max_train_conversations:
+        corpus = prepare.limit_train(corpus, spec.samples.max_train_conversations)
+    corpus = prepare.ensure_valid_split(corpus, spec.samples.valid_fraction, spec.seed)
+    timings["load_data_s"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    raw_graphs: dict[str, KnowledgeGraph] = {}
+    item_texts: dict[str, ItemTexts] = {}
+    for name, node in spec.knowledge.items():
+        source = registry.build("knowledge_source", node, f"knowledge.{name}", BuildDeps(path=f"knowledge.{name}"))
+        loaded = source.load(corpus)
+        (raw_graphs if isinstance(loaded, KnowledgeGraph) else item_texts)[name] = loaded
+    entity_name = _pick_graph(raw_graphs, ENTITY, spec.samples.entity_graph, "entity_graph")
+    word_name = _pick_graph(raw_graphs, WORD, spec.samples.word_graph, "word_graph")
+    item_nodes = prepare.item_entity_names(corpus)
+    graphs = {
+        name: IndexedGraph.from_graph(name, g, extra_nodes=item_nodes if name == entity_name else ())
+        for name, g in raw_graphs.items()
+    }
+    entity_graph = graphs.get(entity_name) if entity_name else None
+    word_graph = graphs.get(word_name) if word_name else None
+    if entity_graph is None:  # item-only pipelines still need item nodes
+        empty = KnowledgeGraph(ENTITY, [], [], [], [], [])
+        entity_graph = IndexedGraph.from_graph("items", empty, extra_nodes=item_nodes)
+    items = prepare.build_item_index(corpus, entity_graph)
+    vocab = prepare.build_vocab(corpus, spec.samples.min_word_freq, items)
+    users = prepare.build_user_index(corpus)
+    linker = None
+    if spec.linker is not None:
+        linker = registry.build("entity_linker", spec.linker, "linker", BuildDeps(path="linker"))
+        linker.fit(entity_graph)
+    timings["load_knowledge_s"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    samples = {
+        split: sample_build.build_samples(
+            convs, vocab=vocab, items=items, entity_graph=entity_graph, word_graph=word_graph,
+            linker=linker, users=users, spec=spec.samples)
+        for split, convs in corpus.splits.items()
+    }
+    timings["build_samples_s"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    deps_for = lambda path: BuildDeps(path=path, vocab=vocab, items=items, graphs=graphs,  # noqa: E731
+                                      item_texts=item_texts, num_users=len(users) + 1)
+    slots, renames = {}, {}
+    for name, node in spec.model.items():
+        component = registry.build(MODEL_KINDS, node, f"model.{name}", deps_for(f"model.{name}"))
+        slots[name] = component
+        renames[name] = getattr(component, "port_renames", {})
+    model = PipelineModel(slots, wire(slots, renames)).to(spec.device)
+    timings["build_model_s"] = time.perf_counter() - t0
+    log.info("pipeline built: %s", {k: round(v, 2) for k, v in timings.items()})
+    return Pipeline(spec=spec, resolved=resolved, registry=registry, corpus=corpus, vocab=vocab, items=items,
+                    graphs=graphs, item_texts=item_texts, users=users, samples=samples, model=model,
+                    linker=linker, timings=timings)
