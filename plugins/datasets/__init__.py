@@ -1,0 +1,41 @@
+"""Built-in plugin: real corpora (ReDial, UniCRS-style INSPIRED, generic jsonl) and knowledge loaders.
+
+Registration uses lazy ``"module:Class"`` references, so importing this module
+loads nothing heavy.  :func:`uri_label` (DBpedia URI -> linkable words) is
+re-exported for entity linkers.
+"""
+from __future__ import annotations
+
+from crs.hookspecs import hookimpl
+
+from .labels import uri_label, word_label
+
+__all__ = ["uri_label", "word_label"]
+
+_PKG = "crs.plugins.datasets"
+
+DATASETS = {
+    "redial": f"{_PKG}.redial:RedialDataset",
+    "unicrs_jsonl": f"{_PKG}.unicrs:UniCRSJsonlDataset",
+    "jsonl": f"{_PKG}.generic_jsonl:JsonlDataset",
+}
+
+KNOWLEDGE_SOURCES = {
+    "kgsf_dbpedia": f"{_PKG}.dbpedia:KGSFDBpedia",
+    "unicrs_dbpedia": f"{_PKG}.dbpedia:UniCRSDBpedia",
+    "conceptnet_edges": f"{_PKG}.conceptnet:ConceptNetEdges",
+    "item_metadata_json": f"{_PKG}.item_texts:ItemMetadataJson",
+    "revcore_reviews": f"{_PKG}.item_texts:RevCoreReviews",
+}
+
+
+@hookimpl
+def crs_register_datasets(register):
+    for name, ref in DATASETS.items():
+        register(name, ref)
+
+
+@hookimpl
+def crs_register_knowledge_sources(register):
+    for name, ref in KNOWLEDGE_SOURCES.items():
+        register(name, ref)

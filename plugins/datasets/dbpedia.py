@@ -1,0 +1,171 @@
+"""DBpedia entity graphs: KGSF's ReDial subgraph (`kgsf_dbpedia`) and UniCRS's INSPIRED one (`unicrs_dbpedia`).
+
+Node names are the URIs exactly as the id files spell them (``<http://dbpedia.org/
+resource/Tom_Hanks>``), so a dataset's ``Item.entity`` matches a node by name.
+``labels`` map each node to :func:`~crs.plugins.datasets.labels.uri_label` for the
+phrase linker.  Edges are returned once, in their stored direction; encoders add
+reverse edges themselves (see :class:`crs.knowledge.KnowledgeGraph`).
+"""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+from crs.data.readers import read_json
+from crs.data.safe_pickle import load_plain_pickle
+from crs.errors import DataError
+from crs.interfaces import KnowledgeSource
+from crs.knowledge import ENTITY, KnowledgeGraph
+
+from .common import data_file, resolve_root
+from .labels import uri_label
+
+SELF_LOOP = "self_loop"
+
+
+def nodes_by_id(entity2id: Any, path: Path) -> list[str]:
+    """URIs ordered by their id; the ids must be exactly 0..N-1."""
+    if not isinstance(entity2id, dict):
+        raise DataError(str(path), f"expected a mapping URI -> id, got {type(entity2id).__name__}")
+    nodes = [""] * len(entity2id)
+    for uri, ident in entity2id.items():
+        if not isinstance(ident, int) or not 0 <= ident < len(nodes) or nodes[ident]:
+            raise DataError(str(path), f"entity ids must be the distinct integers 0..{len(nodes) - 1}; "
+                                       f"'{uri}' has id {ident!r}", "use the id file released with the graph")
+        nodes[ident] = str(uri)
+    return nodes
+
+
+def _graph(nodes: list[str], relations: list[str], edges: list[tuple[int, int, int]]) -> KnowledgeGraph:
+    triples = np.asarray(edges, dtype=np.int64).reshape(-1, 3)
+    return KnowledgeGraph(role=ENTITY, nodes=nodes, relations=relations,
+                          heads=triples[:, 0], relation_ids=triples[:, 1], tails=triples[:, 2],
+                          labels={uri: [label] for uri in nodes if (label := uri_label(uri))})
+
+
+class KGSFDBpedia(KnowledgeSource):
+    """KGSF's DBpedia subgraph (``subkg.pkl`` + ``entity2entityId.pkl``) with KGSF's relation filter.
+
+    KGSF drops stored self-edges and edges of its reserved self-loop relation
+    (id 185), adds a reverse for every edge, counts edges per relation and keeps the
+    relations with more than ``min_relation_edges`` (1000) edges.  This source counts
+    the same way (each stored edge counts twice) but returns only the stored direction.
+    On the released files 34 relations pass; KGSF's self-loop relation makes 35.
+    Self-loops are left to the encoder (R-GCN has a root weight); ``self_loops: true``
+    adds KGSF's one self-loop per node as relation ``self_loop`` (it counts toward
+    the filter like any relation, as in KGSF).  Relations are named ``dbpedia:<id>``
+    (the release has no relation names) and ordered as KGSF indexes them.
+    """
+
+    @dataclass
+    class Config:
+        root: str = "../shared/data/redial/kgsf"
+        subkg: str = "subkg.pkl"  # head id -> [(relation id, tail id), ...]
+        entity2id: str = "entity2entityId.pkl"  # URI -> entity id
+        movie_ids: Optional[str] = "movie_ids.pkl"  # entity ids of the movies; only checked to be in range
+        min_relation_edges: int = 1000
+        self_loops: bool = False
+        reserved_self_loop_relation: int = 185  # KGSF's self-loop id; stored edges with it are dropped
+
+    def load(self, corpus: Any = None) -> KnowledgeGraph:
+        cfg, root = self.config, resolve_root(self.config.root)
+        ids_path = data_file(root, cfg.entity2id, f"{self.path}.entity2id")
+        nodes = nodes_by_id(load_plain_pickle(ids_path), ids_path)
+        kg_path = data_file(root, cfg.subkg, f"{self.path}.subkg")
+        stored = self._stored_edges(load_plain_pickle(kg_path), len(nodes), kg_path)
+        if cfg.movie_ids:
+            self._check_movies(data_file(root, cfg.movie_ids, f"{self.path}.movie_ids"), len(nodes))
+
+        # KGSF's order: for each entity its self-loop first, then its edges.
+        counts: Counter = Counter()
+        order: dict[Any, None] = {}
+        by_head: dict[int, list[tuple[int, int]]] = {}
+        for head, rel, tail in stored:
+            by_head.setdefault(head, []).append((rel, tail))
+        for entity in range(len(nodes)):
+            if cfg.self_loops:
+                counts[SELF_LOOP] += 1
+                order.setdefault(SELF_LOOP)
+            for rel, _tail in by_head.get(entity, ()):
+                counts[rel] += 2  # the edge and the reverse KGSF adds
+                order.setdefault(rel)
+        kept = [rel for rel in order if counts[rel] > cfg.min_relation_edges]
+        rel_index = {rel: i for i, rel in enumerate(kept)}
+        edges = [(h, rel_index[r], t) for h, r, t in stored if r in rel_index]
+        if SELF_LOOP in rel_index:
+            edges += [(n, rel_index[SELF_LOOP], n) for n in range(len(nodes))]
+        names = [SELF_LOOP if rel == SELF_LOOP else f"dbpedia:{rel}" for rel in kept]
+        return _graph(nodes, names, edges)
+
+    def _stored_edges(self, subkg: Any, n_nodes: int, path: Path) -> list[tuple[int, int, int]]:
+        if not isinstance(subkg, dict):
+            raise DataError(str(path), f"expected a mapping head id -> [(relation, tail), ...], got {type(subkg).__name__}")
+        edges = []
+        for head in sorted(subkg):
+            for pair in subkg[head]:
+                if not (isinstance(pair, (tuple, list)) and len(pair) == 2):
+                    raise DataError(str(path), f"head {head}: expected (relation, tail) pairs, got {pair!r}")
+                rel, tail = pair
+                if not (0 <= head < n_nodes and 0 <= tail < n_nodes):
+                    raise DataError(str(path), f"edge ({head}, {rel}, {tail}) names an entity outside 0..{n_nodes - 1}",
+                                    "the graph and entity2id files must come from the same release")
+                if head == tail or rel == self.config.reserved_self_loop_relation:
+                    continue
+                edges.append((int(head), int(rel), int(tail)))
+        return edges
+
+    @staticmethod
+    def _check_movies(path: Path, n_nodes: int) -> None:
+        movies = load_plain_pickle(path)
+        if not isinstance(movies, (list, tuple)) or not all(isinstance(m, int) and 0 <= m < n_nodes for m in movies):
+            raise DataError(str(path), f"expected a list of entity ids within 0..{n_nodes - 1}",
+                            "the movie ids and entity2id files must come from the same release")
+
+
+class UniCRSDBpedia(KnowledgeSource):
+    """UniCRS's DBpedia subgraph (``dbpedia_subkg.json``, ``entity2id.json``, ``relation2id.json``).
+
+    Edges are read as stored.  The release includes an explicit ``self_loop``
+    relation (one edge per head); UniCRS's R-GCN uses it, so it is kept by default
+    (``self_loops: false`` drops it and its edges).
+    """
+
+    @dataclass
+    class Config:
+        root: str = "../shared/data/inspired/unicrs_dbpedia"
+        kg: str = "dbpedia_subkg.json"  # head id (string) -> [[relation id, tail id], ...]
+        entity2id: str = "entity2id.json"
+        relation2id: str = "relation2id.json"
+        self_loops: bool = True
+
+    def load(self, corpus: Any = None) -> KnowledgeGraph:
+        cfg, root = self.config, resolve_root(self.config.root)
+        ids_path = data_file(root, cfg.entity2id, f"{self.path}.entity2id")
+        nodes = nodes_by_id(read_json(ids_path), ids_path)
+        rel_path = data_file(root, cfg.relation2id, f"{self.path}.relation2id")
+        relations = nodes_by_id(read_json(rel_path), rel_path)
+        kg_path = data_file(root, cfg.kg, f"{self.path}.kg")
+        kg = read_json(kg_path)
+        if not isinstance(kg, dict):
+            raise DataError(str(kg_path), "expected a JSON object head id -> [[relation, tail], ...]")
+        edges = []
+        for head_key, pairs in kg.items():
+            try:
+                head = int(head_key)
+                for rel, tail in pairs:
+                    edges.append((head, int(rel), int(tail)))
+            except (TypeError, ValueError):
+                raise DataError(str(kg_path), f"head '{head_key}': expected [[relation id, tail id], ...]") from None
+        for head, rel, tail in edges:
+            if not (0 <= head < len(nodes) and 0 <= tail < len(nodes) and 0 <= rel < len(relations)):
+                raise DataError(str(kg_path), f"edge ({head}, {rel}, {tail}) is out of the id ranges",
+                                "the graph and id files must come from the same release")
+        if not cfg.self_loops and SELF_LOOP in relations:
+            dropped = relations.index(SELF_LOOP)
+            edges = [(h, r - (r > dropped), t) for h, r, t in edges if r != dropped]
+            relations = [r for r in relations if r != SELF_LOOP]
+        return _graph(nodes, relations, edges)

@@ -1,0 +1,140 @@
+"""The `unicrs_jsonl` dataset: UniCRS-style processed jsonl (INSPIRED as released with DBpedia links).
+
+Each line is one dialogue: a JSON list of turns ``{"role": "SEEKER"|"RECOMMENDER",
+"text", "movie", "movie_link", "movie_name", "entity_link", "entity_name"}``.
+
+Conventions:
+
+* items are DBpedia movie URIs (``movie_link``), used both as item ids and as the
+  items' entity-graph node names; ``Item.name`` is the ``movie_name`` first seen;
+* ``item_set: recommended`` (default) makes every movie some RECOMMENDER turn
+  mentions (in any split) an item -- exactly UniCRS's ``item_ids.json`` (1,123
+  movies for INSPIRED); movies only seekers mention then become ``Turn.entities``.
+  ``item_set: mentioned`` makes every linked movie an item;
+* ``Turn.recommended`` = the item links of a RECOMMENDER turn;
+* ``Turn.entities`` = ``entity_link`` / ``entity_name`` pairs (plus non-item movies);
+* turns are kept one per list entry, as UniCRS released them (no merging);
+* the files carry no user or dialogue ids: each dialogue gets the id
+  ``<split>-<line>`` and is its own user (same id), so user-level models see
+  INSPIRED as all-cold-start users.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from crs.data.readers import RecordError, SkipLog, check_on_error, expect, iter_jsonl
+from crs.data.schema import RECOMMENDER, SEEKER, Conversation, Corpus, Item, Mention, Turn
+from crs.errors import ConfigError
+from crs.interfaces import BuildDeps, Dataset
+
+from .common import data_file, resolve_root
+
+_ROLES = {"SEEKER": SEEKER, "RECOMMENDER": RECOMMENDER}
+_LIST_FIELDS = ("movie_link", "movie_name", "entity_link", "entity_name")
+ITEM_SETS = ("recommended", "mentioned")
+
+
+@dataclass
+class _RawTurn:
+    role: str
+    text: str
+    movies: list[tuple[str, str]]  # (link, name)
+    entities: list[tuple[str, str]]
+
+
+class UniCRSJsonlDataset(Dataset):
+    """UniCRS processed jsonl -> :class:`Corpus` (see the module docstring)."""
+
+    @dataclass
+    class Config:
+        root: str = "../shared/data/inspired/unicrs_dbpedia"
+        train: str = "train_data_dbpedia.jsonl.gz"
+        valid: Optional[str] = "valid_data_dbpedia.jsonl.gz"
+        test: str = "test_data_dbpedia.jsonl.gz"
+        item_set: str = "recommended"  # recommended | mentioned (see the module docstring)
+        on_error: str = "raise"  # raise | skip (malformed lines)
+        max_conversations: int = 0  # per split; 0 = all
+        name: str = "inspired"  # corpus name in reports
+
+    def __init__(self, config: Any, deps: BuildDeps):
+        super().__init__(config, deps)
+        check_on_error(config.on_error, self.path)
+        if config.item_set not in ITEM_SETS:
+            raise ConfigError(f"{self.path}.item_set", f"'{config.item_set}' is not a valid choice",
+                              f"use one of: {', '.join(ITEM_SETS)}")
+
+    def load(self) -> Corpus:
+        cfg, root = self.config, resolve_root(self.config.root)
+        skipped = SkipLog()
+        raw: dict[str, list[tuple[int, list[_RawTurn]]]] = {}
+        for split in ("train", "valid", "test"):
+            name = getattr(cfg, split)
+            if name is None:
+                continue
+            path = data_file(root, name, f"{self.path}.{split}")
+            raw[split] = []
+            for line, turns in iter_jsonl(path, _parse_dialogue, on_error=cfg.on_error, skipped=skipped):
+                raw[split].append((line, turns))
+                if cfg.max_conversations and len(raw[split]) >= cfg.max_conversations:
+                    break
+        items = self._items(raw)
+        splits = {split: [_conversation(split, line, turns, items) for line, turns in dialogues]
+                  for split, dialogues in raw.items()}
+        report: dict[str, Any] = {
+            "conversations": {s: len(c) for s, c in splits.items()},
+            "turns": {s: sum(len(c.turns) for c in convs) for s, convs in splits.items()},
+            "items": len(items),
+            **skipped.as_report(),
+        }
+        return Corpus(name=cfg.name, splits=splits, items=items, report=report)
+
+    def _items(self, raw: dict[str, list[tuple[int, list[_RawTurn]]]]) -> dict[str, Item]:
+        """Items in order of first appearance (train first), so indices are stable across runs."""
+        items: dict[str, Item] = {}
+        for dialogues in raw.values():
+            for _line, turns in dialogues:
+                for turn in turns:
+                    if self.config.item_set == "recommended" and turn.role != RECOMMENDER:
+                        continue
+                    for link, name in turn.movies:
+                        if link not in items:
+                            items[link] = Item(id=link, name=name, entity=link)
+        return items
+
+
+def _parse_dialogue(record: Any) -> list[_RawTurn]:
+    expect(record, list, "a line", "each line must be a JSON list of turns (UniCRS format)")
+    turns = []
+    for n, turn in enumerate(record):
+        expect(turn, dict, f"turn {n}")
+        if "role" not in turn or "text" not in turn:
+            raise RecordError(f"turn {n} lacks role or text", "each turn needs `role` and `text`")
+        role = _ROLES.get(str(turn["role"]).upper())
+        if role is None:
+            raise RecordError(f"turn {n} has role {turn['role']!r}", "roles must be SEEKER or RECOMMENDER")
+        lists = {key: expect(turn.get(key) or [], list, f"turn {n} {key}") for key in _LIST_FIELDS}
+        for link_key, name_key in (("movie_link", "movie_name"), ("entity_link", "entity_name")):
+            if len(lists[link_key]) != len(lists[name_key]):
+                raise RecordError(f"turn {n}: {link_key} has {len(lists[link_key])} entries but "
+                                  f"{name_key} has {len(lists[name_key])}", "the two lists must be parallel")
+        turns.append(_RawTurn(
+            role=role, text=str(turn["text"]),
+            movies=[(str(link), str(name)) for link, name in zip(lists["movie_link"], lists["movie_name"])],
+            entities=[(str(link), str(name)) for link, name in zip(lists["entity_link"], lists["entity_name"])],
+        ))
+    return turns
+
+
+def _conversation(split: str, line: int, raw_turns: list[_RawTurn], items: dict[str, Item]) -> Conversation:
+    turns = []
+    for index, raw in enumerate(raw_turns):
+        mentioned = [Mention(link, name) for link, name in dict(raw.movies).items() if link in items]
+        others = [Mention(link, name) for link, name in dict(raw.movies).items() if link not in items]
+        turns.append(Turn(
+            index=index, role=raw.role, text=raw.text, items=mentioned,
+            entities=others + [Mention(link, name) for link, name in raw.entities],
+            recommended=[m.id for m in mentioned] if raw.role == RECOMMENDER else [],
+        ))
+    conv_id = f"{split}-{line}"
+    return Conversation(id=conv_id, user_id=conv_id, turns=turns, meta={"split": split, "line": line})
