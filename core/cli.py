@@ -1,0 +1,193 @@
+"""The ``crs`` command (``crs run|plugins|components ...``) and ``crs-run`` (= ``crs run``).
+
+Each subcommand is a :class:`Subcommand` in :data:`SUBCOMMANDS`: a function adding
+its arguments to an argparse parser and a handler returning the exit code.  Adding a
+command (``chat``, ``eval``, ``data``) is one entry; handlers import heavy modules
+inside themselves so that ``crs --help`` stays fast.
+
+Errors users can cause (:class:`crs.errors.CRSError`) print as ``error: <message>``
+on stderr with exit code 2 and no traceback (``CRS_DEBUG=1`` shows it).  Ctrl-C
+exits with 130 after saying that the last checkpoint is kept.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import traceback
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+from .errors import CRSError, UnknownComponentError
+from .hookspecs import KINDS
+
+
+@dataclass(frozen=True)
+class Subcommand:
+    help: str
+    configure: Callable[[argparse.ArgumentParser], None]
+    handler: Callable[[argparse.Namespace], int | None]
+
+
+# ------------------------------------------------------------------- run
+def _configure_run(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", help="YAML run file (e.g. examples/kgsf.yaml); may be omitted when "
+                                       "overrides name a preset (preset=kgsf)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value",
+                        help="dotted overrides applied last, e.g. stages.0.epochs=2 data=inspired")
+    parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in the run dir")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    parser.add_argument("--run-dir", default=None, metavar="DIR", help="where checkpoints and reports go")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _run(args: argparse.Namespace) -> int:
+    from .runner import run  # the runner pulls in torch; only `crs run` needs it
+
+    config, overrides = args.config, list(args.overrides)
+    if config is not None and "=" in config and not os.path.exists(config):
+        config, overrides = None, [config, *overrides]  # `crs run preset=kgsf ...`
+    code = run(config, overrides, resume=args.resume, print_config=args.print_config, run_dir=args.run_dir,
+               progress=not args.no_progress)
+    return code if isinstance(code, int) else 0
+
+
+# ----------------------------------------------------------------- plugins
+def _configure_plugins(parser: argparse.ArgumentParser) -> None:
+    pass
+
+
+def _plugins(args: argparse.Namespace) -> int:
+    from .plugin_manager import DEFAULT_PLUGINS, get_plugin_manager
+    from .registry import Registry
+
+    pm = get_plugin_manager()
+    registry = Registry.from_plugin_manager(pm)
+    registered = registry.by_plugin()
+    for name, plugin in pm.list_name_plugin():
+        if plugin is None:  # blocked by CRS_DISABLE_PLUGINS; listed once below
+            continue
+        origin = "built-in" if name in DEFAULT_PLUGINS else \
+            f"{pm.plugin_dists.get(name) or 'unknown package'}, module {pm.plugin_modules.get(name, '?')}"
+        print(f"{name} {pm.plugin_versions.get(name, 'unknown')} ({origin})")
+        kinds = registered.get(name, {})
+        if not kinds:
+            print("  (registers nothing)")
+        for kind in KINDS:
+            if kind in kinds:
+                print(f"  {kind}: {', '.join(kinds[kind])}")
+    if pm.disabled:
+        print(f"disabled: {', '.join(sorted(pm.disabled))}")
+    return 0
+
+
+# -------------------------------------------------------------- components
+def _configure_components(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("kind", nargs="?", default=None,
+                        help=f"only this kind: {', '.join(KINDS)}")
+
+
+def _components(args: argparse.Namespace) -> int:
+    from .plugin_manager import get_plugin_manager
+    from .registry import Registry
+
+    kinds = [parse_kind(args.kind)] if args.kind else list(KINDS)
+    registry = Registry.from_plugin_manager(get_plugin_manager())
+    broken = []
+    for kind in kinds:
+        names = registry.names(kind)
+        if args.kind is None and not names:
+            continue
+        print(kind)
+        if not names:
+            print("  (none registered)")
+        for name in names:
+            info = registry.get(name)
+            try:
+                description, fields = info.description, registry.config_fields(name)
+            except CRSError as err:
+                broken.append(name)
+                print(f"  {name}  [{info.plugin}]  cannot be loaded:\n    {_indent(str(err), 4)}")
+                continue
+            print(f"  {name}  [{info.plugin}]  {description}".rstrip())
+            for field, type_str, default, required in fields:
+                print(f"      {field}: {type_str}" + (" (required)" if required else f" = {default}"))
+    if broken:
+        print(f"error: {len(broken)} component(s) cannot be loaded: {', '.join(broken)}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def parse_kind(text: str) -> str:
+    """A component kind from user text: `recommender`, `recommenders` or `training-strategy`."""
+    plurals = {hook.removeprefix("crs_register_"): kind for kind, hook in KINDS.items()}
+    key = text.strip().lower().replace("-", "_")
+    if key in KINDS:
+        return key
+    if key in plurals:
+        return plurals[key]
+    raise UnknownComponentError("", "component kind", text, KINDS)
+
+
+def _indent(text: str, spaces: int) -> str:
+    return text.replace("\n", "\n" + " " * spaces)
+
+
+SUBCOMMANDS: dict[str, Subcommand] = {
+    "run": Subcommand("train and evaluate a pipeline from a YAML run file", _configure_run, _run),
+    "plugins": Subcommand("list plugins, their versions and what they register", _configure_plugins, _plugins),
+    "components": Subcommand("list components with their config keys", _configure_components, _components),
+}
+
+
+# ---------------------------------------------------------------- entry points
+def build_parser(prog: str = "crs") -> argparse.ArgumentParser:
+    """The `crs` parser with one subparser per entry of :data:`SUBCOMMANDS`."""
+    from . import __version__
+
+    parser = argparse.ArgumentParser(prog=prog, description="Conversational recommender systems from "
+                                                            "registered components, composed in YAML.")
+    parser.add_argument("--version", action="version", version=f"crs-registry {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, command in SUBCOMMANDS.items():
+        child = sub.add_parser(name, help=command.help, description=command.help)
+        command.configure(child)
+        child.set_defaults(_handler=command.handler, _parser=child)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of `crs`; returns the exit code."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # `run` overrides may come after options: `crs run x.yaml --resume a=1`
+        if args.command == "run" and all("=" in e and not e.startswith("-") for e in extra):
+            args.overrides = [*args.overrides, *extra]
+        else:
+            args._parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return _call(args._handler, args)
+
+
+def run_main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of `crs-run` (the same as `crs run`)."""
+    return main(["run", *(sys.argv[1:] if argv is None else argv)])
+
+
+def _call(handler: Callable[[argparse.Namespace], int | None], args: argparse.Namespace) -> int:
+    debug = os.environ.get("CRS_DEBUG", "") not in ("", "0")
+    try:
+        return int(handler(args) or 0)
+    except CRSError as err:
+        if debug:
+            traceback.print_exc()
+        print(f"error: {err}", file=sys.stderr)
+        return err.exit_code
+    except BrokenPipeError:  # output piped into `head`: stop quietly, as Python's docs advise
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except KeyboardInterrupt:
+        if debug:
+            traceback.print_exc()
+        print("\ninterrupted: the last saved checkpoint is kept; run the same command with --resume to "
+              "continue from it", file=sys.stderr)
+        return 130

@@ -1,0 +1,380 @@
+"""Load a run config: registry preset, corpus bundle, YAML file, CLI overrides -> PipelineSpec.
+
+Layering, lowest precedence first:
+
+1. ``preset: NAME`` (from the file, or a ``preset=NAME`` override) starts from
+   ``presets.NAME`` in registry.yaml.  A preset may itself name a ``preset:``.
+2. The config file merges on top.  Mappings merge key by key, lists are replaced
+   whole, and a component node whose ``type`` changes is replaced whole (so options
+   of the old type do not leak into the new one).
+3. Each ``key=value`` override is applied in order (``stages.0.epochs=2`` indexes
+   into lists; setting a node to a type name, ``model.rec=dot_product``, replaces it;
+   ``~key`` deletes a key).
+
+Corpus bundles: wherever ``data`` is set to a *string* (in a preset, the file or an
+override), the bundle ``corpora.NAME`` of registry.yaml is applied at that point:
+its ``data`` and ``knowledge`` replace what was set before, as do its ``linker`` and
+``samples`` when it has them.  Everything set after that point still wins, so
+``data=inspired data.max_lines=100`` uses the inspired bundle with 100 lines, and a
+file with ``data: demo`` plus ``samples: {context_turns: 3}`` keeps its 3 turns.
+
+Then ``${...}`` interpolations are resolved, top-level defaults are filled in (so
+``run_dir: runs/${name}`` resolves), and the result is validated into a
+:class:`~crs.config.spec.PipelineSpec`.  Errors name the file and line (or the
+override) the offending value came from.
+
+registry.yaml is looked up in order: the ``registry_path`` argument, ``$CRS_REGISTRY``,
+``./registry.yaml``, then the repository root next to the installed ``crs`` package.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from ..errors import ConfigError, UnknownComponentError
+from .spec import PipelineSpec
+from .validate import from_dict, locate
+from .yaml_lines import SourceMap
+
+REGISTRY_ENV = "CRS_REGISTRY"
+BUNDLE_KEYS = ("data", "knowledge", "linker", "samples")
+_OVERRIDE_KEY = re.compile(r"^[A-Za-z_][\w\-]*(\.[\w\-]+)*$")
+
+
+@dataclasses.dataclass
+class _Layer:
+    label: str
+    values: dict[str, Any]
+    text: str | None = None  # YAML text for line numbers
+    prefix: str = ""  # where `values` sit inside `text`
+
+
+def load_config(path: str | None, overrides: list[str] | tuple[str, ...] = (), *,
+                registry_path: str | os.PathLike | None = None, registry: Any = None
+                ) -> tuple[PipelineSpec, dict]:
+    """Read, layer, resolve and validate a run config.
+
+    :param path: the YAML run file, or None to build from overrides alone (e.g. ``preset=kgsf``).
+    :param overrides: ``key=value`` strings applied last.
+    :param registry_path: registry.yaml to use for presets and corpus bundles.
+    :param registry: a :class:`crs.registry.Registry`; when given, every component node is
+        checked too (:func:`validate_components`), with file:line in its errors.
+    :returns: the validated spec and the resolved config as a plain dict (all fields).
+    :raises ConfigError: any problem, naming the YAML path and where the value came from.
+    """
+    sources = SourceMap()
+    file_layer = _read_file(path) if path else _Layer("(no config file)", {})
+    ops = [_parse_override(text) for text in overrides]
+    registry_file = _RegistryFile(registry_path)
+
+    preset_op = next((text for k, _, text in reversed(ops) if k == "preset"), None)
+    preset = next((v for k, v, _ in reversed(ops) if k == "preset"), file_layer.values.get("preset"))
+    try:
+        layers = registry_file.preset_layers(preset) if preset is not None else []
+    except ConfigError as err:  # say whether the file or the command line named it
+        origin = SourceMap()
+        if preset_op is not None:
+            origin.add_override("preset", preset_op)
+        elif file_layer.text is not None:
+            origin.add_yaml(file_layer.label, file_layer.text)
+        raise locate(err, origin)
+    layers.append(file_layer)
+
+    merged: dict[str, Any] = {}
+    for layer in layers:
+        values = _normalize(copy.deepcopy(layer.values))
+        bundle = values.pop("data") if isinstance(values.get("data"), str) else None
+        if bundle is not None:
+            merged = _apply_bundle(merged, registry_file.bundle_layer(bundle, layer.label), sources)
+        if layer.text is not None:
+            sources.add_yaml(layer.label, layer.text, layer.prefix)
+        merged = _merge(merged, values)
+    for key, value, text in ops:
+        if key == "preset":
+            merged["preset"] = value
+        elif key.startswith("~"):
+            _delete_path(merged, key[1:], text)
+        elif key == "data" and isinstance(value, str):
+            merged = _apply_bundle(merged, registry_file.bundle_layer(value, f"override '{text}'"), sources)
+        else:
+            _set_path(merged, key, value, text)
+        sources.add_override(key, text)
+    if preset is not None:
+        merged["preset"] = preset
+
+    resolved = _resolve(_normalize(merged), sources)
+    try:
+        spec = from_dict(PipelineSpec, resolved, "", sources)
+    except ConfigError as err:
+        if path is None and not err.source:
+            raise locate(err, "(overrides)")
+        raise
+    if registry is not None:
+        validate_components(spec, registry, sources)
+    return spec, dataclasses.asdict(spec)
+
+
+def validate_components(spec: PipelineSpec, registry: Any, source: Any = None) -> None:
+    """Check every component node of `spec` (type and config) before any data loads.
+
+    :param source: the config file name (its lines are read for messages) or a locator.
+    :raises ConfigError: the first bad node; when several nodes are bad, the message lists all.
+    """
+    from ..interfaces import MODEL_KINDS
+
+    if isinstance(source, (str, os.PathLike)) and Path(source).is_file():
+        locator = SourceMap()
+        locator.add_yaml(str(source), Path(source).read_text(encoding="utf-8"))
+        source = locator
+    nodes: list[tuple[Any, Any, str]] = [("dataset", spec.data, "data")]
+    nodes += [("knowledge_source", node, f"knowledge.{name}") for name, node in spec.knowledge.items()]
+    if spec.linker is not None:
+        nodes.append(("entity_linker", spec.linker, "linker"))
+    nodes += [(MODEL_KINDS, node, f"model.{slot}") for slot, node in spec.model.items()]
+    nodes += [("training_strategy", stage.strategy, f"stages.{i}.strategy") for i, stage in enumerate(spec.stages)]
+    nodes += [("evaluation_protocol", node, f"evaluation.protocols.{i}")
+              for i, node in enumerate(spec.evaluation.protocols)]
+    nodes += [("metric", node, f"evaluation.metrics.{i}") for i, node in enumerate(spec.evaluation.metrics)]
+    errors: list[ConfigError] = []
+    for kinds, node, path in nodes:
+        try:
+            registry.check_node(kinds, node, path, source)
+        except ConfigError as err:
+            errors.append(err)
+    if len(errors) == 1:
+        raise errors[0]
+    if errors:
+        combined = ConfigError("", f"{len(errors)} config errors:\n" + "\n".join(f"- {e}" for e in errors))
+        combined.path = errors[0].path  # for callers that inspect it; the message lists every error
+        raise combined
+
+
+def find_registry_file(registry_path: str | os.PathLike | None = None) -> Path | None:
+    """The registry.yaml to use (see module doc), or None if there is none."""
+    if registry_path is not None:
+        return Path(registry_path)
+    if os.environ.get(REGISTRY_ENV):
+        return Path(os.environ[REGISTRY_ENV])
+    if Path("registry.yaml").is_file():
+        return Path("registry.yaml")
+    import crs
+
+    packaged = Path(crs.__file__).resolve().parents[1] / "registry.yaml"
+    return packaged if packaged.is_file() else None
+
+
+# --------------------------------------------------------------- reading
+def _load_yaml(text: str, label: str) -> Any:
+    try:
+        return OmegaConf.to_container(OmegaConf.create(text), resolve=False) if text.strip() else {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
+        where = f"{label}:{mark.line + 1}" if mark is not None else label
+        problem = " ".join(str(getattr(err, "problem", None) or err).split())
+        context = getattr(err, "context", None)
+        raise ConfigError("", f"malformed YAML: {context + ', ' if context else ''}{problem}",
+                          "fix the YAML syntax at that line (indentation, ':' after keys, closing quotes/brackets)",
+                          source=where) from err
+    except OmegaConfBaseException as err:
+        raise ConfigError("", f"cannot read YAML: {' '.join(str(err).split())}",
+                          "fix the YAML at the reported key", source=label) from err
+
+
+def _read_file(path: str) -> _Layer:
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError("", f"config file '{path}' not found", "check the path (it is relative to the "
+                              "current directory), e.g. examples/kgsf.yaml")
+    text = file.read_text(encoding="utf-8")
+    values = _load_yaml(text, str(path))
+    if not isinstance(values, dict):
+        raise ConfigError("", f"the config must be a mapping of keys, got {type(values).__name__}",
+                          "write top-level `key: value` lines (data:, model:, stages:, ...)", source=str(path))
+    return _Layer(str(path), values, text)
+
+
+class _RegistryFile:
+    """registry.yaml, read on first need (a config without preset or bundle never touches it)."""
+
+    def __init__(self, registry_path: Any):
+        self._arg = registry_path
+        self._file: Path | None = None
+        self._text = ""
+        self._values: dict | None = None
+
+    def _load(self, purpose: str) -> dict:
+        if self._values is None:
+            self._file = find_registry_file(self._arg)
+            if self._file is None or not self._file.is_file():
+                raise ConfigError(purpose, f"{purpose} needs registry.yaml, which was not found"
+                                  + (f" at '{self._file}'" if self._file else ""),
+                                  f"run from the repository root, pass its path in ${REGISTRY_ENV}, "
+                                  f"or write the pipeline out in full instead of `{purpose}:`")
+            self._text = self._file.read_text(encoding="utf-8")
+            values = _load_yaml(self._text, str(self._file))
+            self._values = values if isinstance(values, dict) else {}
+        return self._values
+
+    def preset_layers(self, name: Any, seen: tuple[str, ...] = ()) -> list[_Layer]:
+        presets = self._load("preset").get("presets") or {}
+        if not isinstance(name, str) or name not in presets:
+            raise UnknownComponentError("preset", "preset", str(name), presets)
+        if name in seen:
+            raise ConfigError("preset", f"presets form a cycle: {' -> '.join(seen + (name,))}",
+                              f"remove the `preset:` key from presets.{name} in {self._file}")
+        values = copy.deepcopy(presets[name]) or {}
+        parent = values.pop("preset", None)
+        below = self.preset_layers(parent, seen + (name,)) if parent is not None else []
+        return below + [_Layer(str(self._file), values, self._text, f"presets.{name}")]
+
+    def bundle_layer(self, name: str, selected_by: str) -> _Layer:
+        corpora = self._load("data").get("corpora") or {}
+        if name not in corpora:
+            raise UnknownComponentError("data", "corpus bundle", name, corpora, source=selected_by)
+        values = corpora[name] or {}
+        unknown = [k for k in values if k not in BUNDLE_KEYS]
+        if unknown:
+            raise ConfigError(f"corpora.{name}.{unknown[0]}", "a corpus bundle may only set "
+                              f"{', '.join(BUNDLE_KEYS)}", f"move it out of the bundle in {self._file}",
+                              source=str(self._file))
+        return _Layer(str(self._file), copy.deepcopy(values), self._text, f"corpora.{name}")
+
+
+# --------------------------------------------------------------- merging
+def _normalize(config: dict) -> dict:
+    """Expand `NAME` shorthands of component nodes into ``{type: NAME}``."""
+    for section in ("knowledge", "model"):
+        if isinstance(config.get(section), dict):
+            config[section] = {k: _node(v) for k, v in config[section].items()}
+    if "linker" in config:
+        config["linker"] = _node(config["linker"])
+    if isinstance(config.get("stages"), list):
+        for stage in config["stages"]:
+            if isinstance(stage, dict) and "strategy" in stage:
+                stage["strategy"] = _node(stage["strategy"])
+    evaluation = config.get("evaluation")
+    if isinstance(evaluation, dict):
+        for key in ("protocols", "metrics"):
+            if isinstance(evaluation.get(key), list):
+                evaluation[key] = [_node(v) for v in evaluation[key]]
+    return config
+
+
+def _node(value: Any) -> Any:
+    return {"type": value} if isinstance(value, str) else value
+
+
+def _merge(base: Any, top: Any) -> Any:
+    """Merge `top` onto `base`: mappings key by key, anything else (lists too) replaced."""
+    if not isinstance(base, dict) or not isinstance(top, dict):
+        return copy.deepcopy(top)
+    if "type" in top and "type" in base and top["type"] != base["type"]:
+        return copy.deepcopy(top)  # another component: the old one's options do not apply
+    out = dict(base)
+    for key, value in top.items():
+        out[key] = _merge(base[key], value) if key in base else copy.deepcopy(value)
+    return out
+
+
+def _apply_bundle(merged: dict, bundle: _Layer, sources: SourceMap) -> dict:
+    out = dict(merged)
+    values = _normalize(copy.deepcopy(bundle.values))
+    for key in BUNDLE_KEYS:
+        if key in values:
+            out[key] = values[key]
+        elif key in ("data", "knowledge"):
+            out.pop(key, None)
+    sources.add_yaml(bundle.label, bundle.text or "", bundle.prefix)
+    return out
+
+
+def _parse_override(text: str) -> tuple[str, Any, str]:
+    """(key, value, text); ``~key`` deletes a key and comes back as ("~key", None, text)."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    fix = "write overrides as key=value with a dotted key, e.g. stages.0.epochs=2 or model.rec.dim=64 " \
+          "(~key deletes a key)"
+    if key.startswith("~") and _OVERRIDE_KEY.match(key[1:]):
+        return key, None, text
+    if not sep or not _OVERRIDE_KEY.match(key):
+        raise ConfigError("", f"malformed override '{text}': expected key=value", fix, source="command line")
+    try:
+        value = OmegaConf.to_container(OmegaConf.from_dotlist([f"value={raw}"]), resolve=False)["value"]
+    except (OmegaConfBaseException, yaml.YAMLError, ValueError) as err:
+        problem = getattr(err, "problem", None) or str(err)  # YAML errors: drop the "<unicode string>" noise
+        raise ConfigError(key, f"malformed override '{text}': {' '.join(str(problem).split())}", fix,
+                          source="command line") from err
+    return key, value, text
+
+
+def _set_path(config: dict, key: str, value: Any, text: str) -> None:
+    parts = key.split(".")
+    node: Any = config
+    for depth, part in enumerate(parts):
+        last = depth == len(parts) - 1
+        where = ".".join(parts[:depth + 1])
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise ConfigError(where, f"override '{text}': '{'.'.join(parts[:depth]) or key}' is a list of "
+                                         f"{len(node)} entries, so '{part}' is not a valid index",
+                                  f"use an index from 0 to {len(node) - 1}", source="command line")
+            part = int(part)
+        elif not isinstance(node, dict):
+            raise ConfigError(where, f"override '{text}': '{'.'.join(parts[:depth])}' holds {node!r}, "
+                                     f"not a mapping", "override the whole value instead", source="command line")
+        if last:
+            old = node[part] if (isinstance(node, list) or part in node) else None
+            node[part] = value if not (isinstance(old, dict) and isinstance(value, dict)) else _merge(old, value)
+            if part == "type" and isinstance(node, dict) and old is not None and old != value:
+                for stale in [k for k in node if k not in ("type", "inputs", "outputs")]:
+                    del node[stale]  # another component type: drop the old one's options
+            return
+        if isinstance(node, dict) and not isinstance(node.get(part), (dict, list)):
+            node[part] = {"type": node[part]} if isinstance(node.get(part), str) and \
+                _is_node_path(parts[:depth + 1]) else ({} if node.get(part) is None else node[part])
+        node = node[part]
+
+
+def _delete_path(config: dict, key: str, text: str) -> None:
+    *parents, last = key.split(".")
+    node: Any = config
+    for part in parents:
+        node = node[int(part)] if isinstance(node, list) and part.isdigit() and int(part) < len(node) \
+            else node.get(part) if isinstance(node, dict) else None
+    if isinstance(node, dict) and last in node:
+        del node[last]
+    elif isinstance(node, list) and last.isdigit() and int(last) < len(node):
+        del node[int(last)]
+    else:
+        raise ConfigError(key, f"override '{text}' deletes '{key}', which is not set",
+                          "check the key against the config (`crs run CONFIG --print-config` shows it)",
+                          source="command line")
+
+
+def _is_node_path(parts: list[str]) -> bool:
+    """True for paths of component nodes, where a string is a `{type: NAME}` shorthand."""
+    return (len(parts) == 2 and parts[0] in ("model", "knowledge")) or parts == ["linker"] or \
+        (len(parts) == 3 and parts[0] == "stages" and parts[2] == "strategy") or \
+        (len(parts) == 3 and parts[0] == "evaluation" and parts[1] in ("protocols", "metrics"))
+
+
+def _resolve(config: dict, sources: SourceMap) -> dict:
+    """Fill top-level scalar defaults (so `runs/${name}` resolves) and resolve interpolations."""
+    for f in dataclasses.fields(PipelineSpec):
+        if f.default is not dataclasses.MISSING and isinstance(f.default, (str, int, float)) \
+                and not isinstance(f.default, bool):
+            config.setdefault(f.name, f.default)
+    try:
+        return OmegaConf.to_container(OmegaConf.create(config), resolve=True)
+    except OmegaConfBaseException as err:
+        key = getattr(err, "full_key", "") or ""
+        raise locate(ConfigError(str(key), f"cannot resolve an interpolation: {' '.join(str(err).split())}",
+                                 "check the `${...}` reference names an existing key"), sources) from err

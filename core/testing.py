@@ -1,0 +1,272 @@
+"""pytest plugin for crs plugin authors (loaded through the ``pytest11`` entry point).
+
+Fixtures, each fresh per test:
+
+``plugin_manager``
+    A bare :class:`crs.plugin_manager.CRSPluginManager`: the crs hookspecs and no
+    plugin at all (no built-ins, no installed entry points), so tests see only what
+    they register.
+``register_plugin``
+    ``register_plugin(plugin, name=None) -> Registry``: registers a module or object
+    with hookimpls on ``plugin_manager`` and returns a Registry of everything
+    registered so far; every plugin is unregistered again when the test ends.
+``registry``
+    A Registry of the built-in plugins plus the installed third-party ones
+    (``crs.plugin_manager.get_plugin_manager()``), i.e. what ``crs run`` sees.
+``tiny_deps`` / ``tiny_batch``
+    A :class:`crs.interfaces.BuildDeps` with a tiny vocabulary, 5 items, an entity
+    graph (``entity_kg``) and a word graph (``word_kg``), item texts (``reviews``,
+    ``metadata``); and a batch of 3 samples with every ``batch.*`` field of
+    :mod:`crs.data.samples`, consistent with it.  The last sample mentions no
+    entity, word or item, as early dialogue turns do: components must cope.
+
+:func:`check_component` builds a component, runs it on a batch and checks its ports.
+torch is imported only when a fixture or helper needs it.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+
+TINY_ITEMS = ("The Matrix", "Alien", "Heat", "Up", "Jaws")
+TINY_ENTITIES = ("science_fiction", "horror", "crime", "animation", "thriller", "keanu_reeves")
+TINY_WORDS = ("movie", "scary", "funny", "action", "love", "like", "space", "shark")
+TINY_BATCH_SIZE = 3
+
+
+@pytest.fixture
+def plugin_manager():
+    """A fresh, bare plugin manager (hookspecs only)."""
+    from crs.plugin_manager import get_plugin_manager
+
+    return get_plugin_manager(load_entry_points=False, builtins=())
+
+
+@pytest.fixture
+def register_plugin(plugin_manager):
+    """``register_plugin(plugin, name=None) -> Registry``; unregisters everything at teardown."""
+    with registering(plugin_manager) as register:
+        yield register
+
+
+@contextmanager
+def registering(plugin_manager):
+    """Context manager behind ``register_plugin``: yields ``register(plugin, name=None) -> Registry``
+    and unregisters every plugin registered through it on exit (also when the body fails)."""
+    from crs.registry import Registry
+
+    registered: list[str] = []
+
+    def register(plugin: Any, name: str | None = None) -> Registry:
+        registered.append(plugin_manager.register_module(plugin, name))
+        plugin_manager.check_pending()
+        return Registry.from_plugin_manager(plugin_manager)
+
+    try:
+        yield register
+    finally:
+        for name in reversed(registered):
+            if plugin_manager.get_plugin(name) is not None:
+                plugin_manager.unregister(name=name)
+
+
+@pytest.fixture
+def registry():
+    """The Registry `crs run` would use: built-in plus installed plugins."""
+    from crs.plugin_manager import get_plugin_manager
+    from crs.registry import Registry
+
+    return Registry.from_plugin_manager(get_plugin_manager())
+
+
+@pytest.fixture
+def tiny_deps():
+    """BuildDeps for a 5-item world with an entity graph and a word graph."""
+    return make_tiny_deps()
+
+
+@pytest.fixture
+def tiny_batch(tiny_deps):
+    """A batch of 3 samples with every `batch.*` field, consistent with `tiny_deps`."""
+    return make_tiny_batch(tiny_deps)
+
+
+# ------------------------------------------------------------------ builders
+def make_tiny_deps(path: str = "tiny"):
+    """The BuildDeps behind the ``tiny_deps`` fixture (usable outside pytest too)."""
+    import numpy as np
+    import torch
+
+    from crs.data.vocab import Vocabulary
+    from crs.interfaces import BuildDeps, ItemIndex
+    from crs.knowledge import ENTITY, WORD, IndexedGraph, ItemTexts, KnowledgeGraph
+
+    item_ids = [f"item{i}" for i in range(len(TINY_ITEMS))]
+    # Items 0-3 are in the KG; item 4 is not, so IndexedGraph adds it as an isolated node.
+    kg_nodes = item_ids[:4] + list(TINY_ENTITIES)
+    edges = [("item0", "genre", "science_fiction"), ("item1", "genre", "horror"), ("item2", "genre", "crime"),
+             ("item3", "genre", "animation"), ("item0", "starring", "keanu_reeves"),
+             ("thriller", "related", "horror")]
+    relations = ["genre", "starring", "related"]
+    heads = [kg_nodes.index(h) for h, _, _ in edges]
+    rels = [relations.index(r) for _, r, _ in edges]
+    tails = [kg_nodes.index(t) for _, _, t in edges]
+    entity_kg = KnowledgeGraph(ENTITY, kg_nodes, relations, np.array(heads),
+                               np.array(rels), np.array(tails),
+                               labels={n: [n.replace("_", " ")] for n in kg_nodes})
+    entity_graph = IndexedGraph.from_graph("entity_kg", entity_kg, extra_nodes=item_ids)
+    word_kg = KnowledgeGraph(WORD, list(TINY_WORDS), ["related_to"], np.array([0, 1, 3, 6]),
+                             np.zeros(4, dtype=np.int64), np.array([4, 7, 6, 3]))
+    word_graph = IndexedGraph.from_graph("word_kg", word_kg)
+    vocab = Vocabulary([*TINY_WORDS, "i", "a", "you", "hi", "?", "!", "watch", "try", *(f"@{i}" for i in item_ids)])
+    items = ItemIndex(
+        ids=item_ids, names=list(TINY_ITEMS),
+        entity_nodes=torch.tensor([entity_graph.node_index[i] for i in item_ids], dtype=torch.long),
+        train_counts=torch.tensor([3.0, 1.0, 0.0, 2.0, 1.0]),
+    )
+    texts = {
+        "reviews": ItemTexts("review", {i: [f"a review of {n}", f"i like {n}"] for i, n in zip(item_ids, TINY_ITEMS)}),
+        "metadata": ItemTexts("metadata", {i: [f"{n}. a movie"] for i, n in zip(item_ids, TINY_ITEMS)}),
+    }
+    return BuildDeps(path=path, vocab=vocab, items=items,
+                     graphs={"entity_kg": entity_graph, "word_kg": word_graph},
+                     item_texts=texts, num_users=4)
+
+
+def make_tiny_samples(deps) -> list:
+    """Three hand-made :class:`crs.data.samples.Sample` s over `deps` (the last mentions nothing)."""
+    from crs.data.samples import Sample
+
+    vocab, entity, word = deps.vocab, deps.graphs["entity_kg"], deps.graphs["word_kg"]
+    nodes = entity.node_index
+    rows = [
+        ("c1", 3, 1, ["i like space movie", "try @item0 !", "something scary ?"],
+         [nodes["item0"], nodes["science_fiction"], nodes["horror"]], ["space", "scary"], [0], [1, 4],
+         "watch @item1 !", 1),
+        ("c2", 1, 2, ["a funny movie ?"], [nodes["animation"]], ["funny", "movie"], [], [3],
+         "try @item3", 3),
+        ("c3", 0, 0, ["hi !"], [], [], [], [2], "you like heat ?", 2),
+    ]
+    samples = []
+    for conv, turn, user, context, ents, words, ctx_items, targets, reply, target in rows:
+        tokens = [t for i, text in enumerate(context) for t in ([vocab.sep] if i else []) + vocab.encode(text)]
+        samples.append(Sample(
+            conv_id=conv, turn_index=turn, user_index=user, context_text=context, context_tokens=tokens,
+            context_entities=ents, context_words=[word.node_index[w] for w in words], context_items=ctx_items,
+            target_items=targets, response_tokens=[vocab.bos, *vocab.encode(reply), vocab.eos],
+            response_text=reply, target_item=target,
+        ))
+    return samples
+
+
+def make_tiny_batch(deps, samples: list | None = None) -> dict:
+    """Collate samples (default :func:`make_tiny_samples`) into ``batch.*`` tensors by hand."""
+    import torch
+
+    samples = make_tiny_samples(deps) if samples is None else samples
+    batch: dict[str, Any] = {}
+    for name in ("context_tokens", "context_entities", "context_words", "context_items",
+                 "target_items", "response_tokens"):
+        rows = [getattr(s, name) for s in samples]
+        width = max(1, max(len(r) for r in rows))
+        values = torch.zeros(len(rows), width, dtype=torch.long)
+        mask = torch.zeros(len(rows), width, dtype=torch.bool)
+        for i, row in enumerate(rows):
+            values[i, :len(row)] = torch.tensor(row, dtype=torch.long)
+            mask[i, :len(row)] = True
+        batch[f"batch.{name}"], batch[f"batch.{name}_mask"] = values, mask
+    batch["batch.target_item"] = torch.tensor([s.target_item for s in samples], dtype=torch.long)
+    batch["batch.user_index"] = torch.tensor([s.user_index for s in samples], dtype=torch.long)
+    batch["batch.turn_index"] = torch.tensor([s.turn_index for s in samples], dtype=torch.long)
+    batch["batch.context_text"] = [list(s.context_text) for s in samples]
+    batch["batch.response_text"] = [s.response_text for s in samples]
+    batch["batch.samples"] = list(samples)
+    return batch
+
+
+# ------------------------------------------------------------------ checking
+def check_component(cls: type, node: dict | None, deps, batch: dict) -> tuple[Any, dict]:
+    """Build ``cls`` from a YAML-like `node`, run ``forward`` on `batch`, and check its ports.
+
+    `node` holds config keys (``type`` is ignored; ``inputs``/``outputs`` rename ports
+    as in YAML).  An input port whose key is not in `batch` is filled with random
+    floats of shape (B, dim) when it declares a dim (the output of another slot);
+    optional inputs are left out.  Checks: every non-optional output port is
+    produced, no undeclared output appears, tensors have the declared last dim and
+    are finite, ``loss.*`` outputs are scalars and backpropagate.
+    Returns ``(component, outputs)`` (outputs keyed by local port name).
+    """
+    import torch
+
+    from crs.config.validate import from_dict
+
+    node = dict(node or {})
+    node.pop("type", None)
+    renames = {key: dict(node.pop(key, None) or {}) for key in ("inputs", "outputs")}
+    path = getattr(deps, "path", "") or "component"
+    component = cls(from_dict(cls.Config, node, path), deps)
+    size = _batch_size(batch)
+    inputs = {}
+    for local, port in component.input_ports().items():
+        key = renames["inputs"].get(local, port.key)
+        if key in batch:
+            inputs[local] = batch[key]
+        elif not port.optional:
+            assert port.dim is not None, (
+                f"input port '{local}' reads '{key}', which is not in the batch and has no declared dim; "
+                f"put a value for '{key}' into the batch passed to check_component")
+            inputs[local] = torch.randn(size, port.dim)
+    outputs = component(inputs)
+    declared = component.output_ports()
+    undeclared = sorted(set(outputs) - set(declared))
+    assert not undeclared, f"forward returned undeclared outputs {undeclared}; declared: {sorted(declared)}"
+    losses = []
+    for local, port in declared.items():
+        if local not in outputs:
+            assert port.optional, f"output port '{local}' ({port.key}) was not produced"
+            continue
+        value = outputs[local]
+        if isinstance(value, torch.Tensor):
+            if port.dim is not None:
+                assert value.shape[-1] == port.dim, \
+                    f"output '{local}' has last dim {value.shape[-1]}, declared {port.dim}"
+            if value.is_floating_point():
+                assert torch.isfinite(value).all(), f"output '{local}' has NaN or inf values"
+        if port.key.startswith("loss."):
+            assert isinstance(value, torch.Tensor) and value.dim() == 0, f"loss '{local}' must be a scalar tensor"
+            if value.requires_grad:
+                losses.append(value)
+    if losses:
+        torch.stack(losses).sum().backward()
+    return component, outputs
+
+
+def _batch_size(batch: dict) -> int:
+    for value in batch.values():
+        if hasattr(value, "shape") and len(value.shape) > 0:
+            return int(value.shape[0])
+    return TINY_BATCH_SIZE
+
+
+# ------------------------------------------------------------------ fake installs
+def write_entry_point_plugin(directory, entry_name: str, module_name: str, source: str, *,
+                             version: str = "0.0.1", dist_name: str | None = None):
+    """Write module `module_name` (code `source`) plus the dist-info that declares it as a
+    ``crs`` entry point named `entry_name`, into `directory`.
+
+    Put `directory` on ``sys.path`` (``monkeypatch.syspath_prepend``) and the plugin is
+    "installed" for :func:`crs.plugin_manager.get_plugin_manager`, exactly as pip would
+    leave it, without touching the environment.  Returns `directory` as a Path.
+    """
+    from pathlib import Path
+
+    directory = Path(directory)
+    dist_name = dist_name or f"fake-{entry_name}"
+    info = directory / f"{dist_name.replace('-', '_')}-{version}.dist-info"
+    info.mkdir(parents=True, exist_ok=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist_name}\nVersion: {version}\n")
+    (info / "entry_points.txt").write_text(f"[crs]\n{entry_name} = {module_name}\n")
+    (directory / f"{module_name}.py").write_text(source)
+    return directory
