@@ -1,0 +1,169 @@
+"""The toolbox a training strategy gets for one epoch of one stage.
+
+A :class:`crs.interfaces.TrainingStrategy` receives an :class:`EpochLoop` and
+decides how the epoch's batches turn into updates.  The plain strategy does
+``for batch in loop.batches(): total, parts = loop.loss(batch); loop.step(total);
+loop.log_step(parts)``; a MAML strategy can instead draw per-user sample sets,
+adapt a copy of the parameters with ``loop.loss`` and its own inner updates, and
+call ``loop.step`` for the outer update.
+
+Shuffling is seeded from (run seed, stage index, epoch[, salt]) and never from
+the global RNG, so an epoch sees the same batch order whether or not the run was
+interrupted and resumed before it.
+
+A strategy that does not take one optimizer step per batch may define
+``steps_per_epoch(plan) -> int`` (plan: :class:`crs.training.stage.StagePlan`);
+the trainer then sizes the learning-rate schedule with it.  A strategy must keep
+no state across epochs outside the model/optimizer, or resuming would lose it.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Iterator
+
+import torch
+
+from ..errors import ConfigError
+from .run_log import MetricsLog, progress_bar
+from .seeding import derived_seed
+from .stage import StagePlan, batch_length
+
+__all__ = ["EpochLoop"]
+
+
+class EpochLoop:
+    """One epoch of a stage: model, optimizer, scheduler, batches, weighted loss, step, logging.
+
+    Attributes a strategy may use: ``pipeline``, ``model``, ``optimizer``,
+    ``scheduler``, ``samples`` (the stage's train samples), ``objectives``
+    (loss key -> weight), ``wanted`` (state keys to compute), ``parameters``
+    (the trainable parameters), ``stage`` (the StageSpec), ``stage_index``,
+    ``epoch`` (0-based), ``seed`` (this epoch's shuffle seed), ``global_step``
+    (optimizer steps taken so far in the stage).
+    """
+
+    def __init__(self, *, pipeline: Any, plan: StagePlan, parameters: list[torch.nn.Parameter],
+                 optimizer: torch.optim.Optimizer, scheduler: Any, epoch: int, global_step: int,
+                 run_seed: int, metrics: MetricsLog | None, log_every: int = 50, progress: bool = True):
+        self.pipeline = pipeline
+        self.model = pipeline.model
+        self.plan = plan
+        self.stage = plan.spec
+        self.stage_index = plan.index
+        self.samples = plan.samples
+        self.objectives = dict(plan.objectives)
+        self.wanted = list(plan.wanted)
+        self.parameters = parameters
+        self.optimizer = optimizer
+        self.scheduler = scheduler
+        self.epoch = epoch
+        self.global_step = global_step
+        self.seed = derived_seed(run_seed, plan.index, epoch)
+        self.grad_clip = float(self.stage.grad_clip)
+        self._metrics = metrics
+        self._log_every = max(int(log_every), 1)
+        self._progress = progress
+        self._bar: Any = None
+        self._sums: dict[str, float] = {}
+        self._count = 0
+
+    # ------------------------------------------------------------------ data
+    def batches(self, samples: list | None = None, *, batch_size: int | None = None,
+                salt: int | None = None) -> Iterator[dict]:
+        """This epoch's shuffled batches of `samples` (default: the stage's train samples).
+
+        ``salt`` gives a different but still reproducible order, for strategies
+        that draw several sample sets in one epoch (e.g. one per user).  Only the
+        default call shows a progress bar.
+        """
+        chosen = self.samples if samples is None else samples
+        size = int(batch_size or self.stage.batch_size)
+        seed = self.seed if salt is None else derived_seed(self.seed, salt)
+        iterator = self.pipeline.batches(chosen, size, shuffle=True, seed=seed)
+        if samples is not None or salt is not None:
+            return iterator
+        desc = f"{self.stage.name} {self.epoch + 1}/{self.stage.epochs}"
+        self._bar = progress_bar(iterator, enabled=self._progress, total=math.ceil(len(chosen) / size), desc=desc)
+        return iter(self._bar)
+
+    # ------------------------------------------------------------------ loss
+    def loss(self, state_or_batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+        """The stage's weighted objective and its parts.
+
+        Given a batch, runs ``model.compute(batch, wanted)`` first; given a state
+        that already holds every wanted loss, uses it as is.  Returns ``(total,
+        parts)`` where ``parts`` maps each loss key (unweighted) and ``"loss"``
+        (the weighted total) to a float.
+        """
+        state = state_or_batch
+        if not all(key in state for key in self.wanted):
+            state = self.model.compute(state_or_batch, self.wanted)
+        return weighted_objective(state, self.objectives, self.plan.path)
+
+    def step(self, total: torch.Tensor | None) -> None:
+        """Backward, clip the global gradient norm, optimizer step, scheduler step, zero the gradients.
+
+        ``total=None`` skips the backward pass, for strategies that set ``.grad``
+        themselves (e.g. a first-order MAML outer update).
+        """
+        if total is not None:
+            if not torch.isfinite(total.detach()).all():
+                raise ConfigError(f"{self.plan.path}.optimizer.lr",
+                                  f"the loss became {total.item()} at epoch {self.epoch + 1}, "
+                                  f"step {self.global_step + 1}",
+                                  "lower the learning rate, set grad_clip (e.g. 1.0) or add a warmup")
+            total.backward()
+        if self.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.parameters, self.grad_clip)
+        self.optimizer.step()
+        if self.scheduler is not None:
+            self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.global_step += 1
+
+    # --------------------------------------------------------------- logging
+    def log_step(self, parts: dict[str, float]) -> None:
+        """Add `parts` to the epoch means; every ``log_every`` steps write them to the log and the bar."""
+        for key, value in parts.items():
+            self._sums[key] = self._sums.get(key, 0.0) + float(value)
+        self._count += 1
+        if self.global_step % self._log_every == 0:
+            values = {key: float(value) for key, value in parts.items()}
+            values["lr"] = self.optimizer.param_groups[0]["lr"]
+            if self._metrics is not None:
+                self._metrics.write(self.stage.name, self.epoch + 1, self.global_step, "train", values)
+            if self._bar is not None and hasattr(self._bar, "set_postfix"):
+                self._bar.set_postfix({key: f"{value:.4g}" for key, value in parts.items()}, refresh=False)
+
+    def mean_parts(self) -> dict[str, float]:
+        """Mean of every logged part over this epoch's :meth:`log_step` calls."""
+        return {key: total / max(self._count, 1) for key, total in self._sums.items()}
+
+    def close(self) -> None:
+        if self._bar is not None and hasattr(self._bar, "close"):
+            self._bar.close()
+        self._bar = None
+
+
+def weighted_objective(state: dict, objectives: dict[str, float], path: str) -> tuple[torch.Tensor, dict[str, float]]:
+    """``sum(weight * state[key])`` over `objectives`, plus each part as a float."""
+    total: torch.Tensor | None = None
+    parts: dict[str, float] = {}
+    for key, weight in objectives.items():
+        if key not in state:
+            raise ConfigError(f"{path}.objectives", f"the model did not output '{key}' for this batch",
+                              "check that the stage's task gives the inputs this loss needs (e.g. targets)")
+        value = state[key]
+        if value.dim() > 0:  # a per-sample loss vector: average it like a reduced loss
+            value = value.mean()
+        parts[key] = float(value.detach())
+        term = value * weight
+        total = term if total is None else total + term
+    assert total is not None  # resolve_objectives rejects empty objectives
+    parts["loss"] = float(total.detach())
+    return total, parts
+
+
+def batch_size_of(batch: dict) -> int:
+    """Number of samples in a collated batch (re-exported for strategies)."""
+    return batch_length(batch)

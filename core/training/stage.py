@@ -1,0 +1,134 @@
+"""Turning one ``stages.<i>`` entry into what the loop needs: objectives, parameters, freezing.
+
+Everything a user can get wrong in a stage is checked here, before the first
+batch, and reported with the YAML path of the offending key.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError, UnknownComponentError
+
+__all__ = ["StagePlan", "plan_stage", "resolve_objectives", "resolve_parameters", "train_only", "LOSS_PREFIX"]
+
+LOSS_PREFIX = "loss."
+
+
+@dataclass
+class StagePlan:
+    """A validated stage: what it optimises and which parameters it may change."""
+
+    index: int
+    spec: Any  # the StageSpec
+    path: str  # "stages.<i>"
+    objectives: dict[str, float]  # loss key ("loss.<name>") -> weight
+    parameters: list[nn.Parameter]  # parameters of the slots in `train:` (deduplicated)
+    samples: list  # train samples for the stage's task
+
+    @property
+    def name(self) -> str:
+        return str(self.spec.name)
+
+    @property
+    def wanted(self) -> list[str]:
+        """State keys the model must compute for this stage: its losses."""
+        return list(self.objectives)
+
+    def steps_per_epoch(self) -> int:
+        return math.ceil(len(self.samples) / self.spec.batch_size)
+
+
+def resolve_objectives(objectives: dict[str, float], provided: set[str], path: str) -> dict[str, float]:
+    """Loss key -> weight; names may omit the ``loss.`` prefix.  Unknown names raise a ConfigError."""
+    if not objectives:
+        raise ConfigError(f"{path}.objectives", "the stage has no objectives, so it would train nothing",
+                          f"give loss names and weights, e.g. objectives: {{rec: 1.0}}; this model provides: "
+                          f"{', '.join(sorted(provided)) or '(no losses)'}")
+    resolved: dict[str, float] = {}
+    for name, weight in objectives.items():
+        key = name if str(name).startswith(LOSS_PREFIX) else f"{LOSS_PREFIX}{name}"
+        if key not in provided:
+            raise UnknownComponentError(f"{path}.objectives.{name}", "objective (no slot outputs it)", key,
+                                        sorted(provided))
+        if key in resolved:
+            raise ConfigError(f"{path}.objectives.{name}", f"'{key}' is listed twice (with and without 'loss.')",
+                              "keep one of the two entries")
+        if not isinstance(weight, (int, float)) or not math.isfinite(weight):
+            raise ConfigError(f"{path}.objectives.{name}", f"the weight must be a finite number, got {weight!r}")
+        resolved[key] = float(weight)
+    return resolved
+
+
+def resolve_parameters(model: Any, train: list[str], path: str) -> list[nn.Parameter]:
+    """The parameters of the slots named in `train` (``*`` = all); unknown slot names raise."""
+    slot_names = list(model.slots.keys())
+    names = [str(name) for name in (train or [])]
+    if not names:
+        raise ConfigError(f"{path}.train", "no slot is listed, so the stage would train nothing",
+                          f"list slots to train (or '*' for all): {', '.join(slot_names)}")
+    for name in names:
+        if name != "*" and name not in slot_names:
+            raise UnknownComponentError(f"{path}.train", "slot", name, slot_names)
+    unique: dict[int, nn.Parameter] = {}
+    for param in model.slot_parameters(names):
+        unique.setdefault(id(param), param)
+    return list(unique.values())
+
+
+def plan_stage(pipeline: Any, stage: Any, index: int) -> StagePlan:
+    """Validate stage `index` against `pipeline` and collect its objectives, parameters and samples."""
+    path = f"stages.{index}"
+    if int(stage.epochs) < 0:
+        raise ConfigError(f"{path}.epochs", f"must be >= 0, got {stage.epochs}")
+    if int(stage.batch_size) < 1:
+        raise ConfigError(f"{path}.batch_size", f"must be >= 1, got {stage.batch_size}")
+    if float(stage.grad_clip) < 0:
+        raise ConfigError(f"{path}.grad_clip", f"must be >= 0 (0 = off), got {stage.grad_clip}")
+    objectives = resolve_objectives(dict(stage.objectives), set(pipeline.model.loss_keys()), path)
+    parameters = resolve_parameters(pipeline.model, list(stage.train), path)
+    if not any(p.requires_grad for p in parameters):
+        raise ConfigError(f"{path}.train", f"the slots {list(stage.train)} have no trainable parameters",
+                          "list slots that own parameters")
+    samples = list(pipeline.task_samples("train", stage.task))
+    if not samples and int(stage.epochs) > 0:
+        raise ConfigError(f"{path}.task", f"the train split has no samples for task '{stage.task}'",
+                          "check the data, or use another task (rec, conv, all)")
+    return StagePlan(index, stage, path, objectives, parameters, samples)
+
+
+@contextlib.contextmanager
+def train_only(model: nn.Module, parameters: list[nn.Parameter]) -> Iterator[list[nn.Parameter]]:
+    """Freeze every parameter of `model` not in `parameters` for the block; restore the flags after.
+
+    Yields the parameters that are actually trainable (those in `parameters`
+    that did not already have ``requires_grad=False``, e.g. a frozen embedding).
+    """
+    keep = {id(p) for p in parameters}
+    saved = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        for param, _ in saved:
+            if id(param) not in keep:
+                param.requires_grad_(False)
+        yield [p for p in parameters if p.requires_grad]
+    finally:
+        for param, flag in saved:
+            param.requires_grad_(flag)
+
+
+def batch_length(batch: dict) -> int:
+    """Number of samples in a collated batch (for sample-weighted means)."""
+    samples = batch.get("batch.samples")
+    if samples is not None:
+        return len(samples)
+    for value in batch.values():
+        if isinstance(value, torch.Tensor) and value.dim() > 0:
+            return int(value.shape[0])
+        if isinstance(value, list):
+            return len(value)
+    return 1

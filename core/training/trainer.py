@@ -1,0 +1,273 @@
+"""The trainer: runs a pipeline's stages in order, validates, stops early, checkpoints, resumes.
+
+Usage::
+
+    history = Trainer(pipeline, run_dir, resume=False, progress=True).fit()
+
+What lands in `run_dir`: ``checkpoint.pt`` (full state after every epoch, see
+:mod:`crs.training.checkpoint`), ``best.pt`` (the best-on-valid model of the
+latest stage with early stopping), ``metrics.jsonl`` (see
+:mod:`crs.training.run_log`), ``history.json`` (what :meth:`Trainer.fit`
+returns) and ``tensorboard/`` when tensorboard is installed.
+
+Reproducibility: the run is seeded once from ``spec.seed``; each epoch's batch
+order comes from (seed, stage, epoch) alone; every RNG state is saved with the
+checkpoint.  A run killed at any point and resumed with ``resume=True`` ends
+with bit-for-bit the same parameters, history and metrics file as an
+uninterrupted run.
+
+Without ``early_stopping`` a stage keeps the parameters of its last epoch;
+with it, the best-on-valid state is restored when the stage ends (so the final
+model, and therefore the test report, uses the epoch selected on validation).
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import ConfigError
+from ..io import atomic_torch_save, atomic_write_json
+from .checkpoint import BEST_FILE, CHECKPOINT_FILE, FORMAT, check_same_config, comparable_config, load_checkpoint, save_checkpoint
+from .early_stopping import EarlyStopper
+from .loop import EpochLoop, weighted_objective
+from .optim import build_optimizer, build_scheduler
+from .run_log import MetricsLog
+from .seeding import capture_rng_state, restore_rng_state, seed_everything
+from .stage import StagePlan, batch_length, plan_stage, train_only
+
+__all__ = ["Trainer", "HISTORY_FILE"]
+
+HISTORY_FILE = "history.json"
+log = logging.getLogger("crs.training")
+
+
+class Trainer:
+    """Trains ``pipeline.model`` through ``pipeline.spec.stages``.
+
+    :param pipeline: a built pipeline (see the pipeline API: ``spec``, ``resolved``, ``model``,
+        ``samples``, ``task_samples``, ``batches``, ``build``).
+    :param run_dir: folder for checkpoints, metrics and history (created if missing).
+    :param resume: continue from ``run_dir/checkpoint.pt``; starts fresh (with a warning) when absent.
+    :param progress: show tqdm bars (only ever on a terminal).
+    :param log_every: write step metrics every this many optimizer steps.
+    :param tensorboard: also log to TensorBoard when it is installed.
+    """
+
+    def __init__(self, pipeline: Any, run_dir: str | Path, *, resume: bool = False, progress: bool = True,
+                 log_every: int = 50, tensorboard: bool = True):
+        self.pipeline = pipeline
+        self.model = pipeline.model
+        self.spec = pipeline.spec
+        self.run_dir = Path(run_dir)
+        self.resume = resume
+        self.progress = progress
+        self.log_every = log_every
+        self.tensorboard = tensorboard
+        self.history: dict[str, list[dict[str, Any]]] = {}
+        self._config = comparable_config(getattr(pipeline, "resolved", {}))
+        self._metrics: MetricsLog | None = None
+
+    # ------------------------------------------------------------------ run
+    def fit(self) -> dict[str, list[dict[str, Any]]]:
+        """Run every stage (or what is left of them); return ``{stage name: [epoch records]}``.
+
+        An epoch record is ``{"epoch": n (1-based), "train": {loss key: mean}, "valid": {metric: value}}``
+        (``valid`` only when the stage validated).
+        """
+        self._check_stage_names()
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        seed_everything(int(self.spec.seed))
+        checkpoint = self._load_for_resume()
+        self._metrics = MetricsLog(self.run_dir, fresh=checkpoint is None, tensorboard=self.tensorboard)
+        try:
+            if checkpoint is None:
+                return self._run_from(0, None)
+            self._metrics.truncate(int(checkpoint["metrics_size"]))
+            self.history = checkpoint["history"]
+            self.model.load_state_dict(checkpoint["model"])
+            if checkpoint["done"]:
+                restore_rng_state(checkpoint["rng"])
+                log.warning("the run in %s had already finished; its final state is loaded", self.run_dir)
+                atomic_write_json(self.run_dir / HISTORY_FILE, self.history)
+                return self.history
+            if checkpoint["stage_done"]:
+                # Captured at the end of the stage, before the next stage was set up: restore here too.
+                restore_rng_state(checkpoint["rng"])
+                return self._run_from(checkpoint["stage_index"] + 1, None)
+            return self._run_from(checkpoint["stage_index"], checkpoint)
+        finally:
+            self._metrics.close()
+
+    def _run_from(self, first_stage: int, resume_state: dict[str, Any] | None) -> dict[str, list[dict[str, Any]]]:
+        stages = list(self.spec.stages)
+        for index in range(first_stage, len(stages)):
+            self._run_stage(index, stages[index], resume_state if index == first_stage else None)
+        self._save(stage_index=max(len(stages) - 1, 0), epoch=-1, stage_done=True, done=True)
+        atomic_write_json(self.run_dir / HISTORY_FILE, self.history)
+        return self.history
+
+    def _load_for_resume(self) -> dict[str, Any] | None:
+        if not self.resume:
+            if (self.run_dir / CHECKPOINT_FILE).exists():
+                log.warning("%s already holds a run; starting over and overwriting it (resume=True would "
+                            "continue it instead)", self.run_dir)
+            return None
+        checkpoint = load_checkpoint(self.run_dir)
+        if checkpoint is None:
+            log.warning("no checkpoint in %s to resume from; starting a fresh run there", self.run_dir)
+            return None
+        check_same_config(checkpoint["config"], self._config, self.run_dir)
+        return checkpoint
+
+    def _check_stage_names(self) -> None:
+        seen: dict[str, int] = {}
+        for index, stage in enumerate(self.spec.stages):
+            if stage.name in seen:
+                raise ConfigError(f"stages.{index}.name", f"stage name '{stage.name}' is also used by stage "
+                                  f"{seen[stage.name]}", "give every stage its own name (history is keyed by it)")
+            seen[stage.name] = index
+
+    # ---------------------------------------------------------------- stage
+    def _run_stage(self, index: int, stage: Any, resume_state: dict[str, Any] | None) -> None:
+        plan = plan_stage(self.pipeline, stage, index)
+        strategy = self.pipeline.build("training_strategy", stage.strategy, f"{plan.path}.strategy")
+        valid_samples = self._valid_samples(plan)
+        stopper = self._early_stopper(plan, valid_samples)
+        protocol = self._valid_protocol() if stopper is not None and stopper.needs_evaluation else None
+        records = self.history.setdefault(str(stage.name), [])
+        with train_only(self.model, plan.parameters) as trainable:
+            optimizer = build_optimizer(stage.optimizer, trainable, f"{plan.path}.optimizer")
+            steps_per_epoch = (strategy.steps_per_epoch(plan) if hasattr(strategy, "steps_per_epoch")
+                               else plan.steps_per_epoch())
+            scheduler = build_scheduler(stage.schedule, optimizer, steps_per_epoch * int(stage.epochs),
+                                        f"{plan.path}.schedule")
+            first_epoch, global_step = 0, 0
+            if resume_state is not None:
+                optimizer.load_state_dict(resume_state["optimizer"])
+                scheduler.load_state_dict(resume_state["scheduler"])
+                if stopper is not None and resume_state["early_stopping"] is not None:
+                    stopper.load_state_dict(resume_state["early_stopping"])
+                first_epoch, global_step = resume_state["epoch"] + 1, resume_state["global_step"]
+                # Restored after the stage set-up, exactly where it was captured in the original run.
+                restore_rng_state(resume_state["rng"])
+            for epoch in range(first_epoch, int(stage.epochs)):
+                self.model.train()
+                loop = EpochLoop(pipeline=self.pipeline, plan=plan, parameters=trainable, optimizer=optimizer,
+                                 scheduler=scheduler, epoch=epoch, global_step=global_step,
+                                 run_seed=int(self.spec.seed), metrics=self._metrics, log_every=self.log_every,
+                                 progress=self.progress)
+                try:
+                    train_means = strategy.train_epoch(loop) or loop.mean_parts()
+                finally:
+                    loop.close()
+                global_step = loop.global_step
+                record: dict[str, Any] = {"epoch": epoch + 1, "train": dict(train_means)}
+                self._metrics.write(stage.name, epoch + 1, global_step, "train", record["train"], scope="epoch")
+                if valid_samples:
+                    record["valid"] = self._validate(plan, valid_samples, protocol)
+                    self._metrics.write(stage.name, epoch + 1, global_step, "valid", record["valid"], scope="epoch")
+                records.append(record)
+                if stopper is not None and stopper.update(record["valid"], epoch + 1, self.model):
+                    self._save_best(plan, stopper)
+                stop = stopper is not None and stopper.stopped
+                stage_done = stop or epoch == int(stage.epochs) - 1
+                if stage_done and stopper is not None and stopper.restore_best(self.model):
+                    log.info("stage '%s': restored the best epoch (%s, %s = %.6g)", stage.name,
+                             stopper.best_epoch, stopper.metric, stopper.best)
+                self._save(stage_index=index, epoch=epoch, stage_done=stage_done, optimizer=optimizer,
+                           scheduler=scheduler, global_step=global_step, stopper=stopper)
+                atomic_write_json(self.run_dir / HISTORY_FILE, self.history)
+                if stop:
+                    log.info("stage '%s': early stop after epoch %d (no better %s for %d epochs)", stage.name,
+                             epoch + 1, stopper.metric, stopper.patience)
+                    break
+
+    # ----------------------------------------------------------- validation
+    def _valid_samples(self, plan: StagePlan) -> list:
+        """The stage's valid samples, or [] when it does not validate or there is no valid split."""
+        if not plan.spec.validate:
+            return []
+        splits = getattr(self.pipeline, "samples", {}) or {}
+        if not splits.get("valid"):
+            return []
+        return list(self.pipeline.task_samples("valid", plan.spec.task))
+
+    def _early_stopper(self, plan: StagePlan, valid_samples: list) -> EarlyStopper | None:
+        if plan.spec.early_stopping is None:
+            return None
+        stopper = EarlyStopper(plan.spec.early_stopping, f"{plan.path}.early_stopping")
+        if not valid_samples:
+            why = ("the stage sets validate: false" if not plan.spec.validate
+                   else f"there are no valid samples for task '{plan.spec.task}'")
+            raise ConfigError(f"{plan.path}.early_stopping", f"early stopping needs validation, but {why}",
+                              "set validate: true and make sure a valid split exists (samples.valid_fraction > 0), "
+                              "or remove early_stopping")
+        if not stopper.needs_evaluation and stopper.metric != "loss" and stopper.metric not in plan.objectives:
+            # Caught here rather than after the first epoch's validation.
+            raise ConfigError(f"{plan.path}.early_stopping.metric",
+                              f"'{stopper.metric}' is not one of the stage's objectives",
+                              f"use 'loss' (the weighted total) or one of: {', '.join(plan.objectives)}")
+        return stopper
+
+    def _valid_protocol(self) -> Any:
+        """The first evaluation protocol, built once per stage for metric-based early stopping."""
+        protocols = list(self.spec.evaluation.protocols)
+        if not protocols:
+            raise ConfigError("evaluation.protocols", "early stopping on a report metric needs an evaluation protocol",
+                              "list one under evaluation.protocols, or stop early on metric: loss")
+        return self.pipeline.build("evaluation_protocol", protocols[0], "evaluation.protocols.0")
+
+    def _validate(self, plan: StagePlan, valid_samples: list, protocol: Any) -> dict[str, float]:
+        """Mean valid losses (``loss`` = weighted total) and, with `protocol`, its report metrics."""
+        self.model.eval()
+        try:
+            sums: dict[str, float] = {}
+            count = 0
+            with torch.no_grad():
+                for batch in self.pipeline.batches(valid_samples, int(plan.spec.batch_size), shuffle=False,
+                                                   seed=int(self.spec.seed)):
+                    _, parts = weighted_objective(self.model.compute(batch, plan.wanted), plan.objectives, plan.path)
+                    size = batch_length(batch)
+                    for key, value in parts.items():
+                        sums[key] = sums.get(key, 0.0) + value * size
+                    count += size
+                metrics = {key: total / max(count, 1) for key, total in sums.items()}
+                if protocol is not None:
+                    from ..evaluation import evaluate  # lazily: evaluation imports metrics plugins
+
+                    results = evaluate(self.pipeline, "valid", protocols=[protocol], generate=False)
+                    report = next((value for key, value in results.items()
+                                   if not str(key).startswith("_") and isinstance(value, dict)), {})
+                    metrics.update({key: float(value) for key, value in report.items()
+                                    if isinstance(value, (int, float)) and not isinstance(value, bool)})
+        finally:
+            self.model.train()
+        return metrics
+
+    # ---------------------------------------------------------- checkpoints
+    def _save(self, *, stage_index: int, epoch: int, stage_done: bool, done: bool = False, optimizer: Any = None,
+              scheduler: Any = None, global_step: int = 0, stopper: EarlyStopper | None = None) -> None:
+        assert self._metrics is not None
+        save_checkpoint(self.run_dir, {
+            "config": self._config,
+            "stage_index": stage_index,
+            "epoch": epoch,
+            "stage_done": stage_done,
+            "done": done,
+            "model": self.model.state_dict(),
+            "optimizer": None if stage_done else optimizer.state_dict(),
+            "scheduler": None if stage_done else scheduler.state_dict(),
+            "global_step": global_step,
+            "early_stopping": None if (stage_done or stopper is None) else stopper.state_dict(),
+            "rng": capture_rng_state(),
+            "history": self.history,
+            "metrics_size": self._metrics.size(),
+        })
+
+    def _save_best(self, plan: StagePlan, stopper: EarlyStopper) -> None:
+        atomic_torch_save({"format": FORMAT, "stage": plan.name, "stage_index": plan.index,
+                           "epoch": stopper.best_epoch, "metric": stopper.metric, "value": stopper.best,
+                           "model": stopper.best_state}, self.run_dir / BEST_FILE)

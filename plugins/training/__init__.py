@@ -1,0 +1,12 @@
+"""Built-in training strategies.
+
+Entry module of the ``crs.plugins.training`` plugin: registers by lazy
+``"module:Class"`` reference only, so loading the plugin imports no torch.
+"""
+from crs.hookspecs import hookimpl
+
+
+@hookimpl
+def crs_register_training_strategies(register):
+    """Register ``plain``: one optimizer step per batch over the stage's shuffled samples."""
+    register("plain", "crs.plugins.training.plain:PlainStrategy")

@@ -1,0 +1,26 @@
+"""The ``plain`` training strategy: one optimizer step per batch.
+
+For every batch of the epoch (shuffled reproducibly by the loop): compute the
+stage's weighted objective, take an optimizer step, log.  This is the standard
+staged training the KGSF, C2-CRS and MESE papers use; MAML-style strategies
+live next to it as separate components.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from crs.interfaces import EmptyConfig, TrainingStrategy
+
+
+class PlainStrategy(TrainingStrategy):
+    """Mini-batch training over the stage's samples; no options."""
+
+    Config = EmptyConfig
+
+    def train_epoch(self, loop: Any) -> dict[str, float]:
+        """Run one epoch through `loop` (a crs.training.EpochLoop); return the mean of each loss part."""
+        for batch in loop.batches():
+            total, parts = loop.loss(batch)
+            loop.step(total)
+            loop.log_step(parts)
+        return loop.mean_parts()
