@@ -17,15 +17,16 @@ def _peak_rss_mb() -> float:
 
 def prepare(config_path: str | None, overrides: list[str], run_dir: str | None = None):
     """Load and validate a config; return (registry, spec, resolved dict)."""
-    from .config.loader import load_config, validate_components
+    from .config.loader import load_config
     from .plugin_manager import get_plugin_manager
     from .registry import Registry
 
     registry = Registry.from_plugin_manager(get_plugin_manager())
-    spec, resolved = load_config(config_path, list(overrides))
     if run_dir:
-        spec.run_dir = resolved["run_dir"] = str(run_dir)
-    validate_components(spec, registry, config_path)
+        overrides = [*overrides, f"run_dir={run_dir}"]
+    # registry= validates every component node with errors pointing at the layer (preset, file, override)
+    # the offending value came from.
+    spec, resolved = load_config(config_path, list(overrides), registry=registry)
     return registry, spec, resolved
 
 
