@@ -41,7 +41,8 @@ class EvaluationResults(dict):
 
 
 def evaluate(pipeline: Any, split: str, *, protocols: Iterable[Any] | None = None, generate: bool = True,
-             max_samples: int = 0, progress: bool = False) -> EvaluationResults:
+             max_samples: int = 0, progress: bool = False,
+             tasks: Iterable[str] = ("rec", "conv")) -> EvaluationResults:
     """Evaluate ``pipeline.model`` on ``pipeline.samples[split]``.
 
     :param protocols: already-built protocol objects; default: every node of
@@ -51,6 +52,9 @@ def evaluate(pipeline: Any, split: str, *, protocols: Iterable[Any] | None = Non
     :param max_samples: when > 0, generate for at most that many conversation
         samples (perplexity still covers the whole split).
     :param progress: show tqdm progress bars.
+    :param tasks: which parts to run: "rec" (ranking under each protocol) and/or "conv"
+        (perplexity and generation). Validation for early stopping on a rec metric
+        passes ("rec",) so that no conversation pass runs every epoch.
     The model is put in eval mode and restored to its previous mode afterwards.
     """
     ev = pipeline.spec.evaluation
@@ -69,7 +73,8 @@ def evaluate(pipeline: Any, split: str, *, protocols: Iterable[Any] | None = Non
     try:
         with torch.no_grad():
             conv_values, conv_counts = {}, {}
-            if model.has_generator:
+            tasks = set(tasks)
+            if model.has_generator and "conv" in tasks:
                 started = time.perf_counter()
                 conv_metrics = [m for m in metrics if m.task == "nll" or (generate and m.task == "gen")]
                 conv_values, conv_counts = _conversation_metrics(
@@ -80,7 +85,7 @@ def evaluate(pipeline: Any, split: str, *, protocols: Iterable[Any] | None = Non
                 pid = protocol.id
                 values: dict[str, float] = {}
                 counts = dict(conv_counts)
-                if model.has_recommender:
+                if model.has_recommender and "rec" in tasks:
                     started = time.perf_counter()
                     counts["rec"] = _rec_metrics(pipeline, split, protocol, rec_metrics, ev.batch_size, progress)
                     values.update(_collect(rec_metrics))

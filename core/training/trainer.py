@@ -238,7 +238,9 @@ class Trainer:
                 if protocol is not None:
                     from ..evaluation import evaluate  # lazily: evaluation imports metrics plugins
 
-                    results = evaluate(self.pipeline, "valid", protocols=[protocol], generate=False)
+                    # only the part of the evaluation the early-stopping metric reads
+                    task = "rec" if str(plan.spec.early_stopping.metric).startswith("rec.") else "conv"
+                    results = evaluate(self.pipeline, "valid", protocols=[protocol], generate=False, tasks=(task,))
                     report = next((value for key, value in results.items()
                                    if not str(key).startswith("_") and isinstance(value, dict)), {})
                     metrics.update({key: float(value) for key, value in report.items()
