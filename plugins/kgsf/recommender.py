@@ -1,0 +1,73 @@
+"""KGSF recommender (Eq. 8-9): item scores are dot products of the user preference with item nodes.
+
+    scores_i = p_u^T n_i (+ b_i),   loss.rec = cross-entropy(softmax(scores), target)
+
+Item i's representation n_i is the entity-graph node ``deps.items.entity_nodes[i]``
+of the node matrix on port ``entity_nodes`` (e.g. an R-GCN output).  Eq. 9 in the paper
+is printed as a per-item binary loss, but the model is trained with softmax
+cross-entropy over all items (KGSF's released code); that is what ``loss.rec`` is.
+KGSF's code also adds a learned per-item bias; ``item_bias: true`` turns it on.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from crs.interfaces import BuildDeps, Port, Recommender
+
+from .graph_common import check_positive
+
+
+def rec_cross_entropy(scores: torch.Tensor, target: torch.Tensor | None) -> torch.Tensor | None:
+    """Mean CE over samples whose target is >= 0; None without targets; 0 (with grad) if none is set."""
+    if target is None:
+        return None
+    target = target.long()
+    if not bool((target >= 0).any()):
+        return scores.sum() * 0.0  # keeps the graph (and the stage's backward) valid
+    return F.cross_entropy(scores, target, ignore_index=-1)
+
+
+class DotProductRecommender(Recommender):
+    """`dot_product`: inputs user (B, dim), entity_nodes (N, dim), optional target; outputs scores, loss.rec."""
+
+    @dataclass
+    class Config:
+        dim: int = 128
+        item_bias: bool = False
+
+    def __init__(self, config: Config, deps: BuildDeps):
+        super().__init__(config, deps)
+        check_positive(config.dim, f"{self.path}.dim", "dim")
+        items = deps.require("items")
+        self.n_items = len(items)
+        self.register_buffer("item_nodes", torch.as_tensor(items.entity_nodes, dtype=torch.long).clone(),
+                             persistent=False)
+        self.bias = nn.Parameter(torch.zeros(self.n_items)) if config.item_bias else None
+
+    def input_ports(self) -> dict[str, Port]:
+        return {
+            "user": Port("user", self.config.dim, doc="user preference (B, dim)"),
+            "entity_nodes": Port("entity_nodes", self.config.dim, doc="entity-graph nodes (N, dim)"),
+            "target": Port("batch.target_item", optional=True, doc="long (B,), -1 = none"),
+        }
+
+    def output_ports(self) -> dict[str, Port]:
+        return {
+            "scores": Port("scores", self.n_items, doc="item scores (B, n_items)"),
+            "loss": Port("loss.rec", doc="cross-entropy over items"),
+        }
+
+    def forward(self, inputs: dict) -> dict:
+        item_vectors = inputs["entity_nodes"].index_select(0, self.item_nodes)
+        scores = inputs["user"] @ item_vectors.t()
+        if self.bias is not None:
+            scores = scores + self.bias
+        out = {"scores": scores}
+        loss = rec_cross_entropy(scores, inputs.get("target"))
+        if loss is not None:
+            out["loss"] = loss
+        return out
