@@ -60,8 +60,12 @@ def run(config_path: str | None, overrides: list[str], *, resume: bool = False, 
           f"{sum(p.numel() for p in pipeline.model.parameters()):,} parameters", flush=True)
 
     t0 = time.perf_counter()
-    history = Trainer(pipeline, out, resume=resume, progress=progress).fit()
+    trainer = Trainer(pipeline, out, resume=resume, progress=progress)
+    history = trainer.fit()
     train_s = time.perf_counter() - t0
+    throughput = {stage: {**{k: round(v, 3) for k, v in t.items()},
+                          "samples_per_s": round(t["samples"] / t["train_s"], 1) if t["train_s"] else None}
+                  for stage, t in trainer.timings.items()}
 
     t0 = time.perf_counter()
     ev = spec.evaluation
@@ -73,6 +77,7 @@ def run(config_path: str | None, overrides: list[str], *, resume: bool = False, 
                       "train": round(train_s, 3), "evaluate": round(eval_s, 3),
                       "total": round(time.perf_counter() - started, 3)},
         "peak_rss_mb": round(_peak_rss_mb(), 1),
+        "training": throughput,
         "data": {"corpus": pipeline.corpus.name, "report": pipeline.corpus.report,
                  "samples": {k: len(v) for k, v in pipeline.samples.items()}, "items": len(pipeline.items)},
         "history": history,

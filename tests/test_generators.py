@@ -48,7 +48,9 @@ def test_ports_and_outputs():
     assert ports["response_mask"].key == "batch.response_tokens_mask" and ports["response_mask"].optional
     assert {"loss.gen", "nll_sum", "nll_count"} <= set(generator.output_ports())
     batch = encode_batch(vocab, CONTEXTS, RESPONSES)
-    out = generator(batch)
+    with torch.no_grad():  # the full distribution is returned when no gradient is needed
+        out = generator(batch)
+    assert torch.allclose(generator(batch)["loss.gen"], out["loss.gen"], atol=1e-5)  # training path agrees
     targets = (batch["response"][:, 1:] != 0).sum().item()
     assert out["nll_count"].item() == targets
     assert out["nll_sum"].dtype == torch.float32 and out["nll_sum"].dim() == 0

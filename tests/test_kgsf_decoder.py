@@ -82,10 +82,15 @@ def test_ports_decoder_chain_and_normalised_output():
     assert ports["context_entities_mask"].key == "batch.context_entities_mask"
     assert list(decoder.decoder.layers[0].cross_attn) == ["words", "entities", "encoder"]
     inputs = make_inputs(decoder, vocab, words, entities)
-    out = decoder(inputs)
-    probs = out["logits"].exp().sum(-1)  # row 1 has no context words, only item entities
+    with torch.no_grad():  # the full distribution is returned when no gradient is needed
+        full = decoder(inputs)
+    probs = full["logits"].exp().sum(-1)  # row 1 has no context words, only item entities
     assert torch.allclose(probs, torch.ones_like(probs), atol=1e-4)
+    out = decoder(inputs)  # training path: targets' log-probabilities only
+    assert "logits" not in out
     assert out["nll_count"].item() == (inputs["response"][:, 1:] != 0).sum().item()
+    assert torch.allclose(out["loss.gen"], full["loss.gen"], atol=1e-5)
+    assert torch.allclose(out["nll_sum"], full["nll_sum"], atol=1e-4)
     out["loss.gen"].backward()
     assert inputs["word_nodes"].grad.abs().sum() > 0 and inputs["entity_nodes"].grad.abs().sum() > 0
 
@@ -97,14 +102,17 @@ def test_all_padding_graph_memories_give_no_nan():
         inputs[key] = torch.zeros_like(inputs[key])
         inputs[key + "_mask"] = torch.zeros_like(inputs[key + "_mask"])
     out = decoder(inputs)
-    assert torch.isfinite(out["loss.gen"]) and torch.isfinite(out["logits"]).all()
+    with torch.no_grad():
+        full = decoder(inputs)
+    assert torch.isfinite(out["loss.gen"]) and torch.isfinite(full["logits"]).all()
+    assert torch.allclose(out["loss.gen"], full["loss.gen"], atol=1e-5)
     out["loss.gen"].backward()
     assert all(torch.isfinite(p.grad).all() for p in decoder.parameters() if p.grad is not None)
     # with nothing to copy the gate is forced open: the output is exactly the vocabulary softmax
     with torch.no_grad():
         hidden = decoder.decoder(inputs["response"][:, :-1], decoder.encode(inputs))
         expected = F.log_softmax(hidden @ decoder.embedding.weight.t(), -1)
-    assert torch.allclose(out["logits"], expected, atol=1e-5)
+    assert torch.allclose(full["logits"], expected, atol=1e-5)
 
 
 def test_copy_mixture_moves_mass_onto_the_copied_nodes_token():
@@ -174,10 +182,13 @@ def test_copy_off_gives_the_plain_vocabulary_softmax():
     decoder, vocab, words, entities = make_decoder(copy=False)
     assert decoder.copy is None
     inputs = make_inputs(decoder, vocab, words, entities)
-    memories = decoder.encode(inputs)
-    hidden = decoder.decoder(inputs["response"][:, :-1], memories)
-    expected = F.log_softmax(hidden @ decoder.embedding.weight.t(), -1)
-    assert torch.allclose(decoder(inputs)["logits"], expected, atol=1e-5)
+    with torch.no_grad():
+        memories = decoder.encode(inputs)
+        hidden = decoder.decoder(inputs["response"][:, :-1], memories)
+        expected = F.log_softmax(hidden @ decoder.embedding.weight.t(), -1)
+        full = decoder(inputs)
+    assert torch.allclose(full["logits"], expected, atol=1e-5)
+    assert torch.allclose(decoder(inputs)["loss.gen"], full["loss.gen"], atol=1e-5)
 
 
 def test_kgsf_decoder_is_causal_and_generates():
@@ -186,7 +197,8 @@ def test_kgsf_decoder_is_causal_and_generates():
     inputs = make_inputs(decoder, vocab, words, entities, responses=("scary movies great", "it is great"))
     changed = dict(inputs, response=inputs["response"].clone())
     changed["response"][:, 3] = vocab.index["comedy"]
-    a, b = decoder(inputs)["logits"], decoder(changed)["logits"]
+    with torch.no_grad():
+        a, b = decoder(inputs)["logits"], decoder(changed)["logits"]
     assert torch.allclose(a[:, :3], b[:, :3], atol=1e-5) and not torch.allclose(a[:, 3:], b[:, 3:], atol=1e-4)
     generated = decoder.generate({k: v for k, v in inputs.items() if not k.startswith("response")}, max_len=5)
     assert generated.size(0) == 2 and generated.size(1) <= 5
@@ -211,7 +223,8 @@ def test_passes_the_shared_component_check_on_the_tiny_batch(tiny_deps, tiny_bat
     node = {"dim": 16, "heads": 2, "layers": 1, "ffn_dim": 32, "word_dim": 8, "entity_dim": 8}
     component, _ = check_component(KGSFDecoder, node, tiny_deps, batch)
     ports = component.input_ports()
-    out = component({local: batch[port.key] for local, port in ports.items()})
+    with torch.no_grad():
+        out = component({local: batch[port.key] for local, port in ports.items()})
     probs = out["logits"].exp().sum(-1)
     assert torch.isfinite(out["loss.gen"]) and torch.allclose(probs, torch.ones_like(probs), atol=1e-4)
     component.eval()

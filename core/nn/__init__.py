@@ -1,5 +1,5 @@
 """Neural building blocks shared by model components (Transformer layers, decoding helpers)."""
-from .decoding import greedy_decode, shift_targets, token_nll
+from .decoding import greedy_decode, shift_targets, target_nll, token_nll
 from .transformer import (
     DecoderLayer,
     EncoderLayer,
@@ -17,5 +17,5 @@ from .transformer import (
 __all__ = [
     "DecoderLayer", "EncoderLayer", "Memory", "ProjectedMemory", "SafeAttention", "TransformerDecoder", "TransformerEncoder",
     "causal_mask", "greedy_decode", "keep_last", "padding_mask", "shift_targets", "sinusoidal_positions",
-    "token_nll",
+    "target_nll", "token_nll",
 ]

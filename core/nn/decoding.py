@@ -27,12 +27,23 @@ def token_nll(log_probs: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor
     ``nll_count`` (float, the number of those targets).  A batch without any target
     gives a zero loss that still has a gradient path.
     """
+    target_log_probs = log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # (B, T)
+    smooth = -log_probs.mean(dim=-1) if label_smoothing > 0 else None
+    return target_nll(target_log_probs, mask, label_smoothing, smooth)
+
+
+def target_nll(target_log_probs: torch.Tensor, mask: torch.Tensor, label_smoothing: float = 0.0,
+               smooth: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """As :func:`token_nll`, from the targets' log-probabilities (B, T) alone.
+
+    ``smooth`` is the per-position mean negative log-probability over the vocabulary,
+    needed only for label smoothing.
+    """
     mask = mask.bool()
-    nll = -log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # (B, T)
-    count = mask.sum().to(log_probs.dtype)
+    nll = -target_log_probs
+    count = mask.sum().to(target_log_probs.dtype)
     nll_sum = (nll * mask).sum()
     if label_smoothing > 0:
-        smooth = -log_probs.mean(dim=-1)
         per_token = (1.0 - label_smoothing) * nll + label_smoothing * smooth
         loss_sum = (per_token * mask).sum()
     else:

@@ -139,9 +139,9 @@ class FeedForward(nn.Module):
 
 
 class EncoderLayer(nn.Module):
-    def __init__(self, dim: int, heads: int, ffn_dim: int, dropout: float):
+    def __init__(self, dim: int, heads: int, ffn_dim: int, dropout: float, attention_dropout: float = 0.0):
         super().__init__()
-        self.self_attn = SafeAttention(dim, heads, dropout)
+        self.self_attn = SafeAttention(dim, heads, attention_dropout)
         self.ffn = FeedForward(dim, ffn_dim, dropout)
         self.norm_attn, self.norm_ffn = nn.LayerNorm(dim), nn.LayerNorm(dim)
         self.dropout = nn.Dropout(dropout)
@@ -189,11 +189,12 @@ class TransformerEncoder(nn.Module):
     """
 
     def __init__(self, vocab_or_embedding: int | nn.Embedding, dim: int, heads: int, layers: int,
-                 ffn_dim: int, dropout: float = 0.1, max_len: int = 256):
+                 ffn_dim: int, dropout: float = 0.1, max_len: int = 256, attention_dropout: float = 0.0):
         super().__init__()
         self.embedding = _embedding(vocab_or_embedding, dim)
         self.embed = _Embedder(self.embedding, dim, dropout)
-        self.layers = nn.ModuleList(EncoderLayer(dim, heads, ffn_dim, dropout) for _ in range(layers))
+        self.layers = nn.ModuleList(EncoderLayer(dim, heads, ffn_dim, dropout, attention_dropout)
+                                    for _ in range(layers))
         self.max_len = max_len
 
     def forward(self, tokens: torch.Tensor, mask: torch.Tensor | None = None) -> Memory:
@@ -216,12 +217,13 @@ class DecoderLayer(nn.Module):
     projects each memory's keys/values once so decoding steps can reuse them.
     """
 
-    def __init__(self, dim: int, heads: int, ffn_dim: int, dropout: float, sources: Sequence[str] = ("encoder",)):
+    def __init__(self, dim: int, heads: int, ffn_dim: int, dropout: float, sources: Sequence[str] = ("encoder",),
+                 attention_dropout: float = 0.0):
         super().__init__()
         self.sources = tuple(sources)
-        self.self_attn = SafeAttention(dim, heads, dropout)
+        self.self_attn = SafeAttention(dim, heads, attention_dropout)
         self.norm_self = nn.LayerNorm(dim)
-        self.cross_attn = nn.ModuleDict({name: SafeAttention(dim, heads, dropout) for name in self.sources})
+        self.cross_attn = nn.ModuleDict({name: SafeAttention(dim, heads, attention_dropout) for name in self.sources})
         self.norm_cross = nn.ModuleDict({name: nn.LayerNorm(dim) for name in self.sources})
         self.ffn = FeedForward(dim, ffn_dim, dropout)
         self.norm_ffn = nn.LayerNorm(dim)
@@ -258,11 +260,13 @@ class TransformerDecoder(nn.Module):
     """
 
     def __init__(self, vocab_or_embedding: int | nn.Embedding, dim: int, heads: int, layers: int,
-                 ffn_dim: int, dropout: float = 0.1, max_len: int = 256, sources: Sequence[str] = ("encoder",)):
+                 ffn_dim: int, dropout: float = 0.1, max_len: int = 256, sources: Sequence[str] = ("encoder",),
+                 attention_dropout: float = 0.0):
         super().__init__()
         self.embedding = _embedding(vocab_or_embedding, dim)
         self.embed = _Embedder(self.embedding, dim, dropout)
-        self.layers = nn.ModuleList(DecoderLayer(dim, heads, ffn_dim, dropout, sources) for _ in range(layers))
+        self.layers = nn.ModuleList(DecoderLayer(dim, heads, ffn_dim, dropout, sources, attention_dropout)
+                                    for _ in range(layers))
         self.sources = tuple(sources)
 
     def prepare(self, memories: Mapping[str, Memory]) -> list[dict[str, ProjectedMemory]]:

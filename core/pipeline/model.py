@@ -14,9 +14,10 @@ from .wiring import BATCH_KEYS, Wiring
 class PipelineModel(nn.Module):
     """Runs only the slots a request needs; caches batch-independent slots in eval mode.
 
-    Graph encoders read no batch field, so at evaluation time their outputs are
-    the same for every batch: computing them once per evaluation instead of once
-    per batch is most of the evaluation cost on a 64k-node graph.
+    Graph encoders read no batch field, so when they are not being trained their
+    outputs are the same for every batch: computing them once per evaluation (or per
+    epoch of a stage that freezes them) instead of once per batch is most of the cost
+    of those passes on a 64k-node graph.
     """
 
     def __init__(self, slots: dict[str, ModelComponent], wiring: Wiring):
@@ -70,8 +71,7 @@ class PipelineModel(nn.Module):
 
     def _run_slot(self, slot: str, state: dict[str, Any]) -> None:
         sw = self.wiring.slots[slot]
-        cacheable = slot in self._static and not self.training and not torch.is_grad_enabled()
-        if cacheable and slot in self._cache:
+        if slot in self._cache:
             outputs = self._cache[slot]
         else:
             inputs = {}
@@ -82,11 +82,31 @@ class PipelineModel(nn.Module):
                     where = "the batch" if port.key in BATCH_KEYS else "an earlier slot"
                     raise WiringError(f"model.{slot}.inputs.{local}", f"'{port.key}' was expected from {where} but is missing")
             outputs = self.slots[slot](inputs)
-            if cacheable:
+            if self._cacheable(slot, inputs):
                 self._cache[slot] = outputs
         for local, value in outputs.items():
             if local in sw.outputs:
                 state[sw.outputs[local].key] = value
+
+    def _cacheable(self, slot: str, inputs: dict[str, Any]) -> bool:
+        """Whether a slot's outputs are the same for every batch until the model changes mode.
+
+        True for batch-independent slots when nothing is being trained through them: at
+        evaluation time, and in a stage that keeps them frozen (KGSF's conversation stage
+        reads both graph encoders but trains neither, so they run once per epoch, not per batch).
+        The cache is cleared by every ``train()``/``eval()`` call, i.e. at least once per epoch.
+        """
+        if slot not in self._static:
+            return False
+        if not self.training and not torch.is_grad_enabled():
+            return True
+        module = self.slots[slot]
+        if any(p.requires_grad for p in module.parameters()):
+            return False
+        if any(torch.is_tensor(v) and v.requires_grad for v in inputs.values()):
+            return False
+        # active dropout would make every batch see different outputs
+        return not (self.training and any(isinstance(m, nn.Dropout) and m.p > 0 for m in module.modules()))
 
     def generate(self, batch: dict[str, Any], max_len: int) -> torch.Tensor:
         slot = self.generator_slot

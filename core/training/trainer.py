@@ -23,6 +23,7 @@ model, and therefore the test report, uses the epoch selected on validation).
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +68,8 @@ class Trainer:
         self.log_every = log_every
         self.tensorboard = tensorboard
         self.history: dict[str, list[dict[str, Any]]] = {}
+        # Wall-clock per stage for this process only (kept out of history so resumed runs stay bitwise equal).
+        self.timings: dict[str, dict[str, float]] = {}
         self._config = comparable_config(getattr(pipeline, "resolved", {}))
         self._metrics: MetricsLog | None = None
 
@@ -159,15 +162,23 @@ class Trainer:
                                  scheduler=scheduler, epoch=epoch, global_step=global_step,
                                  run_seed=int(self.spec.seed), metrics=self._metrics, log_every=self.log_every,
                                  progress=self.progress)
+                started = time.perf_counter()
                 try:
                     train_means = strategy.train_epoch(loop) or loop.mean_parts()
                 finally:
                     loop.close()
+                timing = self.timings.setdefault(str(stage.name), {"epochs": 0, "train_s": 0.0, "samples": 0,
+                                                                   "valid_s": 0.0})
+                timing["epochs"] += 1
+                timing["train_s"] += time.perf_counter() - started
+                timing["samples"] += len(loop.samples)
                 global_step = loop.global_step
                 record: dict[str, Any] = {"epoch": epoch + 1, "train": dict(train_means)}
                 self._metrics.write(stage.name, epoch + 1, global_step, "train", record["train"], scope="epoch")
                 if valid_samples:
+                    started = time.perf_counter()
                     record["valid"] = self._validate(plan, valid_samples, protocol)
+                    timing["valid_s"] += time.perf_counter() - started
                     self._metrics.write(stage.name, epoch + 1, global_step, "valid", record["valid"], scope="epoch")
                 records.append(record)
                 if stopper is not None and stopper.update(record["valid"], epoch + 1, self.model):

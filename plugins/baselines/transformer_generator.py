@@ -34,7 +34,7 @@ from torch import nn
 
 from crs.errors import ConfigError
 from crs.interfaces import BuildDeps, Generator, Port
-from crs.nn import Memory, TransformerDecoder, TransformerEncoder, greedy_decode, shift_targets, token_nll
+from crs.nn import Memory, TransformerDecoder, TransformerEncoder, greedy_decode, shift_targets, target_nll, token_nll
 
 
 class TransformerGenerator(Generator):
@@ -47,6 +47,9 @@ class TransformerGenerator(Generator):
         layers: int = 2
         ffn_dim: int = 256
         dropout: float = 0.1
+        # Dropout on attention weights; 0 as in KGSF's released configuration. On CPU a non-zero value
+        # also forces the unfused attention path, which makes training several times slower.
+        attention_dropout: float = 0.0
         max_len: int = 256  # context tokens kept (the last ones) by the encoder
         share_embeddings: bool = True  # tie the output projection to the token embedding
         label_smoothing: float = 0.0
@@ -63,9 +66,10 @@ class TransformerGenerator(Generator):
         with torch.no_grad():
             self.embedding.weight[self.pad].zero_()
         self.encoder = TransformerEncoder(self.embedding, dim, config.heads, config.layers, config.ffn_dim,
-                                          config.dropout, config.max_len)
+                                          config.dropout, config.max_len, config.attention_dropout)
         self.decoder = TransformerDecoder(self.embedding, dim, config.heads, config.layers, config.ffn_dim,
-                                          config.dropout, config.max_len, sources=self.memory_sources())
+                                          config.dropout, config.max_len, sources=self.memory_sources(),
+                                          attention_dropout=config.attention_dropout)
         self.output = None if config.share_embeddings else nn.Linear(dim, self.vocab_size)
 
     def _check_config(self, config: Any) -> None:
@@ -75,8 +79,9 @@ class TransformerGenerator(Generator):
         if config.dim % config.heads:
             raise ConfigError(f"{self.path}.heads", f"dim {config.dim} is not divisible by heads {config.heads}",
                               "choose heads that divide dim (e.g. dim: 128, heads: 4)")
-        if not 0.0 <= config.dropout < 1.0:
-            raise ConfigError(f"{self.path}.dropout", f"must be in [0, 1), got {config.dropout}")
+        for key in ("dropout", "attention_dropout"):
+            if not 0.0 <= getattr(config, key) < 1.0:
+                raise ConfigError(f"{self.path}.{key}", f"must be in [0, 1), got {getattr(config, key)}")
         if not 0.0 <= config.label_smoothing < 1.0:
             raise ConfigError(f"{self.path}.label_smoothing", f"must be in [0, 1), got {config.label_smoothing}")
 
@@ -114,6 +119,11 @@ class TransformerGenerator(Generator):
         """Decoder states (B, T, D) -> log-probabilities over the vocabulary (B, T, V)."""
         return F.log_softmax(self.vocab_logits(hidden), dim=-1)
 
+    def target_log_probs(self, hidden: torch.Tensor, memories: dict[str, Memory], inputs: dict[str, Any],
+                         targets: torch.Tensor) -> torch.Tensor:
+        """log Pr(target) (B, T); equal to gathering :meth:`token_log_probs` at the targets."""
+        return self.token_log_probs(hidden, memories, inputs).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+
     def vocab_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         if self.output is not None:
             return self.output(hidden)
@@ -126,7 +136,13 @@ class TransformerGenerator(Generator):
             return {}  # nothing to score; replies come from `generate`
         memories = self.encode(inputs)
         decoder_input, targets, target_mask = shift_targets(response, inputs.get("response_mask"))
-        log_probs = self.token_log_probs(self.decoder(decoder_input, memories), memories, inputs)
+        hidden = self.decoder(decoder_input, memories)
+        if torch.is_grad_enabled() and not self.config.label_smoothing:
+            # Training needs only the targets' log-probabilities; subclasses (the copy mixture)
+            # then avoid building and back-propagating through several (B, T, V) tensors.
+            stats = target_nll(self.target_log_probs(hidden, memories, inputs, targets), target_mask)
+            return {"loss.gen": stats["loss"], "nll_sum": stats["nll_sum"], "nll_count": stats["nll_count"]}
+        log_probs = self.token_log_probs(hidden, memories, inputs)
         stats = token_nll(log_probs, targets, target_mask, self.config.label_smoothing)
         return {"loss.gen": stats["loss"], "nll_sum": stats["nll_sum"], "nll_count": stats["nll_count"],
                 "logits": log_probs}

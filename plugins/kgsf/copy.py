@@ -70,6 +70,12 @@ class CopyMixture(nn.Module):
         self.gate = nn.Linear(dim, 1)  # p_gen = sigmoid(w^T R_i + b)
         self.scale = 1.0 / math.sqrt(dim)
 
+    def attention(self, hidden: torch.Tensor, nodes: torch.Tensor, copyable: torch.Tensor) -> torch.Tensor:
+        """Copy attention (B, T, N) of decoder states (B, T, D) over node states (B, N, D)."""
+        scores = (self.query(hidden) @ nodes.transpose(1, 2)) * self.scale  # (B, T, N)
+        scores = scores.masked_fill(~copyable[:, None, :], -1e9)  # masked nodes get exactly 0 mass
+        return torch.softmax(scores, dim=-1)
+
     def copy_log_probs(self, hidden: torch.Tensor, nodes: torch.Tensor, node_tokens: torch.Tensor,
                        copyable: torch.Tensor, vocab_size: int) -> torch.Tensor:
         """log Pr2 over the vocabulary (B, T, V); -inf on tokens of no copyable context node.
@@ -78,26 +84,47 @@ class CopyMixture(nn.Module):
         copyable (B, N) bool.  Rows without any copyable node give a uniform-over-nothing
         placeholder (finite garbage) that the caller must gate off.
         """
-        scores = (self.query(hidden) @ nodes.transpose(1, 2)) * self.scale  # (B, T, N)
-        scores = scores.masked_fill(~copyable[:, None, :], -1e9)  # masked nodes get exactly 0 mass
-        attention = torch.softmax(scores, dim=-1)
+        attention = self.attention(hidden, nodes, copyable)
         index = node_tokens[:, None, :].expand(-1, hidden.size(1), -1)
         probs = hidden.new_zeros(hidden.size(0), hidden.size(1), vocab_size).scatter_add(-1, index, attention)
-        # where() rather than log(probs): log(0) would be -inf with an infinite gradient (NaN after
-        # the chain rule); the clamped branch keeps the selected gradient finite.
-        return torch.where(probs > 0, probs.clamp_min(1e-38).log(), torch.full_like(probs, -math.inf))
+        return _safe_log(probs)
 
-    def forward(self, hidden: torch.Tensor, vocab_log_probs: torch.Tensor, nodes: torch.Tensor,
-                node_tokens: torch.Tensor, copyable: torch.Tensor) -> torch.Tensor:
-        """log of the mixture p_gen * Pr1 + (1 - p_gen) * Pr2, shape (B, T, V)."""
-        log_copy = self.copy_log_probs(hidden, nodes, node_tokens, copyable, vocab_log_probs.size(-1))
+    def _mix(self, hidden: torch.Tensor, log_vocab: torch.Tensor, log_copy: torch.Tensor,
+             copyable: torch.Tensor) -> torch.Tensor:
+        """log(p_gen * Pr1 + (1 - p_gen) * Pr2) for log Pr1, log Pr2 of any trailing shape."""
         logit = self.gate(hidden)  # (B, T, 1)
         log_gen, log_use_copy = F.logsigmoid(logit), F.logsigmoid(-logit)
         has_copy = copyable.any(dim=1)[:, None, None]  # (B, 1, 1)
         log_gen = torch.where(has_copy, log_gen, torch.zeros_like(log_gen))
         log_use_copy = torch.where(has_copy, log_use_copy, torch.full_like(log_use_copy, -math.inf))
-        return torch.logaddexp(log_gen + vocab_log_probs, log_use_copy + log_copy)
+        if log_vocab.dim() == 2:  # per-target values (B, T)
+            log_gen, log_use_copy = log_gen.squeeze(-1), log_use_copy.squeeze(-1)
+        return torch.logaddexp(log_gen + log_vocab, log_use_copy + log_copy)
+
+    def forward(self, hidden: torch.Tensor, vocab_log_probs: torch.Tensor, nodes: torch.Tensor,
+                node_tokens: torch.Tensor, copyable: torch.Tensor) -> torch.Tensor:
+        """log of the mixture p_gen * Pr1 + (1 - p_gen) * Pr2, shape (B, T, V)."""
+        log_copy = self.copy_log_probs(hidden, nodes, node_tokens, copyable, vocab_log_probs.size(-1))
+        return self._mix(hidden, vocab_log_probs, log_copy, copyable)
+
+    def target_log_probs(self, hidden: torch.Tensor, target_vocab_log_probs: torch.Tensor, nodes: torch.Tensor,
+                         node_tokens: torch.Tensor, copyable: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The mixture's log-probability of each target token (B, T), without any (B, T, V) tensor.
+
+        Pr2(y) is the attention mass on the context nodes whose token is y, so it is a
+        masked sum over the (few) context nodes rather than a scatter over the vocabulary.
+        """
+        attention = self.attention(hidden, nodes, copyable)  # (B, T, N)
+        hits = node_tokens[:, None, :] == targets[:, :, None]  # (B, T, N)
+        log_copy = _safe_log((attention * hits).sum(-1))
+        return self._mix(hidden, target_vocab_log_probs, log_copy, copyable)
 
     def gate_probability(self, hidden: torch.Tensor) -> torch.Tensor:
         """p_gen (B, T) -- for inspection and tests."""
         return torch.sigmoid(self.gate(hidden)).squeeze(-1)
+
+
+def _safe_log(probs: torch.Tensor) -> torch.Tensor:
+    # where() rather than log(probs): log(0) would be -inf with an infinite gradient (NaN after
+    # the chain rule); the clamped branch keeps the selected gradient finite.
+    return torch.where(probs > 0, probs.clamp_min(1e-38).log(), torch.full_like(probs, -math.inf))

@@ -118,9 +118,21 @@ class KGSFDecoder(TransformerGenerator):
         vocab_log_probs = super().token_log_probs(hidden, memories, inputs)
         if self.copy is None:
             return vocab_log_probs
+        return self.copy(hidden, vocab_log_probs, *self._copy_nodes(memories, inputs))
+
+    def target_log_probs(self, hidden: torch.Tensor, memories: dict[str, Memory], inputs: dict[str, Any],
+                         targets: torch.Tensor) -> torch.Tensor:
+        vocab_log_probs = super().token_log_probs(hidden, memories, inputs)
+        target_vocab = vocab_log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+        if self.copy is None:
+            return target_vocab
+        return self.copy.target_log_probs(hidden, target_vocab, *self._copy_nodes(memories, inputs), targets)
+
+    def _copy_nodes(self, memories: dict[str, Memory], inputs: dict[str, Any]):
+        """The context's node states (B, N, D), their vocab tokens (B, N) and which can be copied (B, N)."""
         (word_states, word_mask), (entity_states, entity_mask) = memories["words"], memories["entities"]
         nodes = torch.cat([word_states, entity_states], dim=1)
         node_tokens = torch.cat([self.word_tokens[inputs["context_words"]],
                                  self.entity_tokens[inputs["context_entities"]]], dim=1)
         copyable = torch.cat([word_mask, entity_mask], dim=1) & (node_tokens != 0)
-        return self.copy(hidden, vocab_log_probs, nodes, node_tokens, copyable)
+        return nodes, node_tokens, copyable
