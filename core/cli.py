@@ -133,10 +133,41 @@ def _indent(text: str, spaces: int) -> str:
     return text.replace("\n", "\n" + " " * spaces)
 
 
+# -------------------------------------------------------------------- data
+def _configure_data(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+    down = sub.add_parser("download", help="fetch a public corpus from its release addresses "
+                                           "(checksum-verified, resumable, atomic)")
+    down.add_argument("name", help="redial or inspired")
+    down.add_argument("--dest", default=None, help="target folder (default: data/<name>)")
+    down.add_argument("--mirror", default=None, metavar="URL", help="base URL of a mirror holding the same files")
+    demo = sub.add_parser("demo", help="write the built-in demo corpus as generic JSONL (+ KG, concepts, items)")
+    demo.add_argument("--out", required=True, help="target folder")
+    demo.add_argument("--seed", type=int, default=0)
+
+
+def _data(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    if args.data_command == "download":
+        from .data.download import run_download
+
+        dest = Path(args.dest or Path("data") / args.name)
+        paths = run_download(args.name, dest, base_url=args.mirror)
+        print(f"{args.name}: {len(paths)} files in {dest}")
+        return 0
+    from .plugins.demo.export import write_demo_corpus
+
+    for kind, path in write_demo_corpus(args.out, seed=args.seed).items():
+        print(f"{kind:>10}: {path}")
+    return 0
+
+
 SUBCOMMANDS: dict[str, Subcommand] = {
     "run": Subcommand("train and evaluate a pipeline from a YAML run file", _configure_run, _run),
     "plugins": Subcommand("list plugins, their versions and what they register", _configure_plugins, _plugins),
     "components": Subcommand("list components with their config keys", _configure_components, _components),
+    "data": Subcommand("download public corpora or write the demo corpus to files", _configure_data, _data),
 }
 
 
@@ -191,3 +222,7 @@ def _call(handler: Callable[[argparse.Namespace], int | None], args: argparse.Na
         print("\ninterrupted: the last saved checkpoint is kept; run the same command with --resume to "
               "continue from it", file=sys.stderr)
         return 130
+
+
+if __name__ == "__main__":  # `python -m crs.cli ...` (used by benchmarks and tests)
+    sys.exit(main())
