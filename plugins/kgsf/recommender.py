@@ -7,6 +7,10 @@ of the node matrix on port ``entity_nodes`` (e.g. an R-GCN output).  Eq. 9 in th
 is printed as a per-item binary loss, but the model is trained with softmax
 cross-entropy over all items (KGSF's released code); that is what ``loss.rec`` is.
 KGSF's code also adds a learned per-item bias; ``item_bias: true`` turns it on.
+``bias_init: popularity`` starts that bias at the log of each item's smoothed share of
+training recommendations, so an untrained model ranks like the popularity baseline and
+training only has to learn what the context adds (on small corpora such as INSPIRED the
+bias otherwise stays near zero while the node embeddings overfit within an epoch or two).
 """
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from crs.errors import ConfigError
 from crs.interfaces import BuildDeps, Port, Recommender
 
 from .graph_common import check_positive
@@ -38,6 +43,7 @@ class DotProductRecommender(Recommender):
     class Config:
         dim: int = 128
         item_bias: bool = False
+        bias_init: str = "zero"  # zero | popularity (log of smoothed training frequencies)
 
     def __init__(self, config: Config, deps: BuildDeps):
         super().__init__(config, deps)
@@ -46,7 +52,16 @@ class DotProductRecommender(Recommender):
         self.n_items = len(items)
         self.register_buffer("item_nodes", torch.as_tensor(items.entity_nodes, dtype=torch.long).clone(),
                              persistent=False)
-        self.bias = nn.Parameter(torch.zeros(self.n_items)) if config.item_bias else None
+        self.bias = nn.Parameter(self._initial_bias(items)) if config.item_bias else None
+
+    def _initial_bias(self, items) -> torch.Tensor:
+        if self.config.bias_init == "zero":
+            return torch.zeros(self.n_items)
+        if self.config.bias_init == "popularity":
+            counts = torch.as_tensor(items.train_counts, dtype=torch.float) + 1.0  # add-one smoothing
+            return (counts / counts.sum()).log()
+        raise ConfigError(f"{self.path}.bias_init", f"unknown value '{self.config.bias_init}'",
+                          "use zero or popularity")
 
     def input_ports(self) -> dict[str, Port]:
         return {
