@@ -192,7 +192,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra:  # `run` overrides may come after options: `crs run x.yaml --resume a=1`
-        if args.command == "run" and all("=" in e and not e.startswith("-") for e in extra):
+        if args.command == "run" and all(("=" in e or e.startswith("~")) and not e.startswith("-") for e in extra):
             args.overrides = [*args.overrides, *extra]
         else:
             args._parser.error(f"unrecognized arguments: {' '.join(extra)}")

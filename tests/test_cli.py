@@ -90,6 +90,11 @@ def test_crs_run_is_crs_run(runner):
     assert runner.calls[0][:2] == ("my.yaml", ["x=1"]) and runner.calls[0][2]["resume"] is True
 
 
+def test_overrides_and_deletions_may_follow_options(runner):
+    assert cli.main(["run", "my.yaml", "--no-progress", "a=1", "~stages.2"]) == 0
+    assert runner.calls[0][:2] == ("my.yaml", ["a=1", "~stages.2"]) and runner.calls[0][2]["progress"] is False
+
+
 def test_unknown_run_option_is_a_usage_error(runner, capsys):
     with pytest.raises(SystemExit) as info:
         cli.main(["run", "my.yaml", "--frobnicate"])
