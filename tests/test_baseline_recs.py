@@ -11,15 +11,6 @@ from crs.plugins.baselines.popularity import PopularityRecommender
 from crs.plugins.baselines.text_cnn import TextCNNRecommender
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: a second OpenMP thread only adds spin-wait stalls on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture
 def deps():
     torch.manual_seed(0)

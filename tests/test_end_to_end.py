@@ -29,15 +29,6 @@ def registry():
     return Registry.from_plugin_manager(get_plugin_manager())
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Wall time of these small models is dominated by thread hand-offs when the machine is busy.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.parametrize("preset", PRESETS)
 def test_every_preset_builds_and_computes_its_objectives(preset, registry, tmp_path):
     spec, resolved = load_config(None, [f"preset={preset}", "data=demo", f"run_dir={tmp_path}"], registry=registry)

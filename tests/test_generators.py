@@ -7,15 +7,6 @@ from crs.errors import ConfigError
 from crs.interfaces import BuildDeps, Generator
 from crs.plugins.baselines.transformer_generator import TransformerGenerator
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run fastest on one thread; several threads spin-wait when other tests share the CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 WORDS = "i like sci fi movies have you seen @101 it is great what about comedy sure try @202 thanks".split()
 
 

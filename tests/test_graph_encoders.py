@@ -12,15 +12,6 @@ from crs.plugins.kgsf.gcn import WordGraphGCN
 from crs.plugins.kgsf.rgcn import EntityGraphRGCN
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: a second OpenMP thread only adds spin-wait stalls on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def random_graph(name: str, role: str, nodes: int = 25, relations: int = 4, edges: int = 90, seed: int = 0):
     rng = np.random.default_rng(seed)
     kg = KnowledgeGraph(role, [f"n{i}" for i in range(nodes)], [f"r{i}" for i in range(relations)],

@@ -17,15 +17,6 @@ WORD_NODES = ["scary", "comedy", "movies", "great", "science_fiction", "unknownw
 ENTITY_NODES = ["dbr:Alien", "dbr:Ridley_Scott", "dbr:Airplane!"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run fastest on one thread; several threads spin-wait when other tests share the CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def make_deps():
     vocab = Vocabulary(WORDS)
     word_kg = KnowledgeGraph(WORD, WORD_NODES, ["related"], [0, 1], [0, 0], [2, 2])

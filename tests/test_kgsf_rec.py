@@ -17,15 +17,6 @@ from crs.plugins.kgsf.user_encoders import GateUserEncoder, SelfAttentionPoolEnc
 DIM = 8
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: a second OpenMP thread only adds spin-wait stalls on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture
 def deps():
     torch.manual_seed(0)
