@@ -162,28 +162,14 @@ def make_tiny_samples(deps) -> list:
 
 
 def make_tiny_batch(deps, samples: list | None = None) -> dict:
-    """Collate samples (default :func:`make_tiny_samples`) into ``batch.*`` tensors by hand."""
-    import torch
+    """Collate samples (default :func:`make_tiny_samples`) into ``batch.*`` tensors.
 
-    samples = make_tiny_samples(deps) if samples is None else samples
-    batch: dict[str, Any] = {}
-    for name in ("context_tokens", "context_entities", "context_words", "context_items",
-                 "target_items", "response_tokens"):
-        rows = [getattr(s, name) for s in samples]
-        width = max(1, max(len(r) for r in rows))
-        values = torch.zeros(len(rows), width, dtype=torch.long)
-        mask = torch.zeros(len(rows), width, dtype=torch.bool)
-        for i, row in enumerate(rows):
-            values[i, :len(row)] = torch.tensor(row, dtype=torch.long)
-            mask[i, :len(row)] = True
-        batch[f"batch.{name}"], batch[f"batch.{name}_mask"] = values, mask
-    batch["batch.target_item"] = torch.tensor([s.target_item for s in samples], dtype=torch.long)
-    batch["batch.user_index"] = torch.tensor([s.user_index for s in samples], dtype=torch.long)
-    batch["batch.turn_index"] = torch.tensor([s.turn_index for s in samples], dtype=torch.long)
-    batch["batch.context_text"] = [list(s.context_text) for s in samples]
-    batch["batch.response_text"] = [s.response_text for s in samples]
-    batch["batch.samples"] = list(samples)
-    return batch
+    Uses the pipeline's own collate, so components are tested on exactly the batch
+    layout they get in a run.
+    """
+    from .data.batching import collate
+
+    return collate(make_tiny_samples(deps) if samples is None else samples)
 
 
 # ------------------------------------------------------------------ checking
