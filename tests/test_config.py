@@ -330,3 +330,11 @@ def test_valid_config_passes_component_checks(workdir, fake_registry):
     path = workdir("run.yaml", "preset: base\ndata: {type: fake_data, size: 3}\n" + EVAL)
     spec, resolved = load_config(path, [], registry=fake_registry)
     assert spec.evaluation.metrics == [{"type": "recall"}] and resolved["data"] == {"type": "fake_data", "size": 3}
+
+
+def test_misspelt_slot_in_an_override_suggests_the_existing_slot(workdir, fake_registry):
+    path = workdir("run.yaml", "preset: base\ndata: {type: fake_data}\n" + EVAL +
+                   "model:\n  recommender: {type: fake_rec}\n")
+    err = _load_error(path, ["model.recomender.dim=3"], registry=fake_registry)
+    assert "there is no model slot 'recomender'. Did you mean 'recommender'?" in str(err)
+    assert "a new slot needs `type: NAME`" in str(err)

@@ -39,7 +39,7 @@ import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from ..errors import ConfigError, UnknownComponentError
+from ..errors import ConfigError, UnknownComponentError, did_you_mean
 from .spec import PipelineSpec
 from .validate import from_dict, locate
 from .yaml_lines import SourceMap
@@ -144,6 +144,15 @@ def validate_components(spec: PipelineSpec, registry: Any, source: Any = None) -
               for i, node in enumerate(spec.evaluation.protocols)]
     nodes += [("metric", node, f"evaluation.metrics.{i}") for i, node in enumerate(spec.evaluation.metrics)]
     errors: list[ConfigError] = []
+    for slot, node in spec.model.items():
+        # a slot without `type:` whose name is close to another slot's is almost always a typo
+        # in an override (model.recomender.dim=64 creates a new, empty slot)
+        others = [s for s in spec.model if s != slot]
+        hint = did_you_mean(slot, others)
+        if isinstance(node, dict) and "type" not in node and hint:
+            errors.append(ConfigError(f"model.{slot}", f"there is no model slot '{slot}'.{hint}",
+                                      f"slots are: {', '.join(others)}; a new slot needs `type: NAME`"))
+            nodes = [n for n in nodes if n[2] != f"model.{slot}"]
     for kinds, node, path in nodes:
         try:
             registry.check_node(kinds, node, path, source)
