@@ -190,7 +190,7 @@ def _install_fake_evaluate(monkeypatch, values: list[float]) -> list[object]:
         assert split == "valid" and generate is False and len(protocols) == 1
         assert tuple(tasks) == ("rec",)  # a rec metric needs no conversation pass
         calls.append(protocols[0])
-        return {"toy-v1": {"rec.recall@10": values[len(calls) - 1]}, "_examples": []}
+        return {"toy-v1": {"rec.recall@10": values[len(calls) - 1]}}
 
     monkeypatch.setitem(sys.modules, "crs.evaluation", types.SimpleNamespace(evaluate=evaluate))
     return calls

@@ -64,9 +64,3 @@ class Vocabulary:
             out.append(tok)
         return out
 
-    def state_dict(self) -> dict:
-        return {"tokens": self.tokens}
-
-    @classmethod
-    def from_state_dict(cls, state: dict) -> "Vocabulary":
-        return cls(state["tokens"][len(SPECIALS):])

@@ -41,8 +41,7 @@ class Pipeline:
         return torch.device(self.spec.device)
 
     def deps(self, path: str) -> BuildDeps:
-        return BuildDeps(path=path, vocab=self.vocab, items=self.items, graphs=self.graphs,
-                         item_texts=self.item_texts, num_users=len(self.users) + 1)
+        return _model_deps(path, self.vocab, self.items, self.graphs, self.item_texts, self.users)
 
     def build(self, kind: str, node: Any, path: str) -> Any:
         """Build a non-model component (metric, protocol, strategy) with this pipeline's dependencies."""
@@ -64,6 +63,13 @@ class Pipeline:
             if device.type != "cpu":
                 batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
             yield batch
+
+
+def _model_deps(path: str, vocab: Vocabulary, items: ItemIndex, graphs: dict[str, IndexedGraph],
+                item_texts: dict[str, ItemTexts], users: dict[str, int]) -> BuildDeps:
+    """What components built after the data is loaded receive (index 0 of users = unknown user)."""
+    return BuildDeps(path=path, vocab=vocab, items=items, graphs=graphs, item_texts=item_texts,
+                     num_users=len(users) + 1)
 
 
 def _pick_graph(graphs: dict[str, IndexedGraph | KnowledgeGraph], role: str, wanted: str | None, key: str) -> str | None:
@@ -130,11 +136,10 @@ def build_pipeline(spec: PipelineSpec, registry: Any, resolved: dict) -> Pipelin
     timings["build_samples_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    deps_for = lambda path: BuildDeps(path=path, vocab=vocab, items=items, graphs=graphs,  # noqa: E731
-                                      item_texts=item_texts, num_users=len(users) + 1)
     slots, renames = {}, {}
     for name, node in spec.model.items():
-        component = registry.build(MODEL_KINDS, node, f"model.{name}", deps_for(f"model.{name}"))
+        deps = _model_deps(f"model.{name}", vocab, items, graphs, item_texts, users)
+        component = registry.build(MODEL_KINDS, node, f"model.{name}", deps)
         slots[name] = component
         renames[name] = getattr(component, "port_renames", {})
     model = PipelineModel(slots, wire(slots, renames)).to(spec.device)

@@ -26,7 +26,7 @@ import torch
 from ..errors import ConfigError
 from .run_log import MetricsLog, progress_bar
 from .seeding import derived_seed
-from .stage import StagePlan, batch_length
+from .stage import StagePlan
 
 __all__ = ["EpochLoop"]
 
@@ -163,7 +163,3 @@ def weighted_objective(state: dict, objectives: dict[str, float], path: str) -> 
     parts["loss"] = float(total.detach())
     return total, parts
 
-
-def batch_size_of(batch: dict) -> int:
-    """Number of samples in a collated batch (re-exported for strategies)."""
-    return batch_length(batch)

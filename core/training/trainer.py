@@ -252,8 +252,7 @@ class Trainer:
                     # only the part of the evaluation the early-stopping metric reads
                     task = "rec" if str(plan.spec.early_stopping.metric).startswith("rec.") else "conv"
                     results = evaluate(self.pipeline, "valid", protocols=[protocol], generate=False, tasks=(task,))
-                    report = next((value for key, value in results.items()
-                                   if not str(key).startswith("_") and isinstance(value, dict)), {})
+                    report = results.get(protocol.id, {})
                     metrics.update({key: float(value) for key, value in report.items()
                                     if isinstance(value, (int, float)) and not isinstance(value, bool)})
         finally:

@@ -119,10 +119,6 @@ class CopyMixture(nn.Module):
         log_copy = _safe_log((attention * hits).sum(-1))
         return self._mix(hidden, target_vocab_log_probs, log_copy, copyable)
 
-    def gate_probability(self, hidden: torch.Tensor) -> torch.Tensor:
-        """p_gen (B, T) -- for inspection and tests."""
-        return torch.sigmoid(self.gate(hidden)).squeeze(-1)
-
 
 def _safe_log(probs: torch.Tensor) -> torch.Tensor:
     # where() rather than log(probs): log(0) would be -inf with an infinite gradient (NaN after
