@@ -9,7 +9,9 @@ Each system is a registry.yaml preset run through the normal CLI in its own proc
 
 ``--set SYSTEM:KEY=VALUE`` (or ``--set KEY=VALUE`` for every system) passes config
 overrides, so every figure can be reproduced from the command recorded with it.
-The result JSON keeps each run's full report; a Markdown table is printed.
+``--compare-to SYSTEM`` adds a paired bootstrap (``crs compare``) of every other system
+against that one on the same test samples.  The result JSON keeps each run's full
+report (and the comparisons); Markdown tables are printed.
 """
 from __future__ import annotations
 
@@ -81,6 +83,30 @@ def table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def comparisons(results: list[dict], baseline: str, run_root: Path, corpus: str) -> list[dict]:
+    from crs.evaluation.significance import compare_runs
+
+    rows = []
+    for res in results:
+        if res["system"] == baseline or "report" not in res:
+            continue
+        for row in compare_runs(run_root / f"{corpus}-{res['system']}", run_root / f"{corpus}-{baseline}",
+                                metrics=["recall@1", "recall@10", "recall@50", "mrr@10"]):
+            rows.append({"system": res["system"], "baseline": baseline, "protocol": row.protocol,
+                         "metric": row.metric, "samples": row.samples, "system_value": row.a,
+                         "baseline_value": row.b, "diff": row.diff, "ci95": [row.low, row.high], "p": row.p_value})
+    return rows
+
+
+def comparison_table(rows: list[dict]) -> str:
+    lines = ["| system | vs | protocol | metric | n | system | baseline | diff | 95% CI | p |", "|" + "---|" * 10]
+    for r in rows:
+        lines.append(f"| {r['system']} | {r['baseline']} | {r['protocol']} | {r['metric']} | {r['samples']} | "
+                     f"{r['system_value']:.3f} | {r['baseline_value']:.3f} | {r['diff']:+.3f} | "
+                     f"[{r['ci95'][0]:+.3f}, {r['ci95'][1]:+.3f}] | {r['p']:.3f} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--corpus", required=True, help="a config in benchmarks/configs (inspired, redial)")
@@ -88,7 +114,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="[SYSTEM:]KEY=VALUE")
     parser.add_argument("--run-root", default="runs/bench")
     parser.add_argument("--out", required=True, help="result JSON")
+    parser.add_argument("--compare-to", default=None, metavar="SYSTEM",
+                        help="paired bootstrap of each system against this one (one of --systems)")
     args = parser.parse_args(argv)
+    if args.compare_to and args.compare_to not in args.systems:
+        parser.error(f"--compare-to {args.compare_to} is not one of --systems")
     run_root = (ROOT / args.run_root).resolve()
     run_root.mkdir(parents=True, exist_ok=True)
     results = []
@@ -98,6 +128,11 @@ def main(argv: list[str] | None = None) -> int:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps({"corpus": args.corpus, "argv": sys.argv, "results": results}, indent=1))
     print(table(results))
+    if args.compare_to and all("report" in r for r in results):
+        rows = comparisons(results, args.compare_to, run_root, args.corpus)
+        out.write_text(json.dumps({"corpus": args.corpus, "argv": sys.argv, "results": results,
+                                   "comparisons": rows}, indent=1))
+        print(comparison_table(rows))
     return 0 if all("report" in r for r in results) else 1
 
 

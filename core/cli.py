@@ -163,11 +163,44 @@ def _data(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----------------------------------------------------------------- compare
+def _configure_compare(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_a", help="run folder of system A (holds rankings.jsonl)")
+    parser.add_argument("run_b", help="run folder of system B")
+    parser.add_argument("--metric", dest="metrics", action="append", default=None, metavar="NAME@K",
+                        help="recall@K or mrr@K; repeatable (default: recall@1, recall@10, recall@50)")
+    parser.add_argument("--protocol", dest="protocols", action="append", default=None,
+                        help="protocol id; repeatable (default: every protocol both runs ranked)")
+    parser.add_argument("--resamples", type=int, default=10_000)
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from .errors import ConfigError
+    from .evaluation.significance import METRICS, compare_runs, format_comparisons
+
+    metrics = args.metrics or ["recall@1", "recall@10", "recall@50"]
+    for metric in metrics:
+        name, _, k = metric.partition("@")
+        if name not in METRICS or not k.isdigit() or int(k) < 1:
+            raise ConfigError("--metric", f"cannot read '{metric}'",
+                              f"write NAME@K with NAME one of {', '.join(METRICS)}, e.g. recall@10")
+    if args.resamples < 100:
+        raise ConfigError("--resamples", f"{args.resamples} resamples give no usable interval", "use 1000 or more")
+    rows = compare_runs(args.run_a, args.run_b, metrics=metrics, protocols=args.protocols,
+                        resamples=args.resamples, seed=args.seed)
+    print(format_comparisons(rows, args.run_a, args.run_b))
+    print(f"paired bootstrap over shared samples, {args.resamples} resamples; p is two-sided")
+    return 0
+
+
 SUBCOMMANDS: dict[str, Subcommand] = {
     "run": Subcommand("train and evaluate a pipeline from a YAML run file", _configure_run, _run),
     "plugins": Subcommand("list plugins, their versions and what they register", _configure_plugins, _plugins),
     "components": Subcommand("list components with their config keys", _configure_components, _components),
     "data": Subcommand("download public corpora or write the demo corpus to files", _configure_data, _data),
+    "compare": Subcommand("paired bootstrap test of two runs' per-sample recommendation ranks",
+                          _configure_compare, _compare),
 }
 
 

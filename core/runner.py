@@ -39,7 +39,7 @@ def run(config_path: str | None, overrides: list[str], *, resume: bool = False, 
 
     import torch
 
-    from .evaluation import evaluate, format_table, write_report
+    from .evaluation import evaluate, format_table, write_rankings, write_report
     from .io import atomic_write_text
     from .pipeline import build_pipeline
     from .training.seeding import seed_everything
@@ -83,6 +83,7 @@ def run(config_path: str | None, overrides: list[str], *, resume: bool = False, 
         "history": history,
     }
     print(format_table(results))
+    write_rankings(out, results.rankings)
     path = write_report(out, results, resolved_config=resolved, extra=extra)
     print(f"[crs] report: {path}  (train {train_s:.1f}s, evaluate {eval_s:.1f}s, peak RSS {extra['peak_rss_mb']:.0f} MB)")
     return 0

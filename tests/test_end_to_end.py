@@ -15,6 +15,7 @@ import torch
 import yaml
 
 from crs.config.loader import find_registry_file, load_config
+from crs.evaluation.significance import compare_runs
 from crs.pipeline import build_pipeline
 from crs.plugin_manager import get_plugin_manager
 from crs.registry import Registry
@@ -60,6 +61,12 @@ def test_kgsf_beats_popularity_on_the_demo_corpus(tmp_path):
     kgsf = _report(tmp_path / "kgsf")["metrics"]["crslab-v1"]["rec.recall@10"]
     print(f"R@10 popularity {popularity:.3f}, KGSF {kgsf:.3f}")
     assert kgsf > popularity + 0.2
+    # the per-sample rankings both runs wrote pair up, and the gap is far outside resampling noise
+    [r10] = compare_runs(tmp_path / "kgsf", tmp_path / "pop", metrics=["recall@10"], protocols=["crslab-v1"],
+                         resamples=2000)
+    assert r10.samples == _report(tmp_path / "pop")["sample_counts"]["crslab-v1"]["rec"]
+    assert r10.a == pytest.approx(kgsf) and r10.b == pytest.approx(popularity)
+    assert r10.low > 0.1 and r10.p_value < 0.001
 
 
 def test_baseline_pipeline_trains_and_reports_both_tasks(tmp_path, capsys):

@@ -15,7 +15,7 @@ from crs.data.samples import Sample
 from crs.data.vocab import Vocabulary
 from crs.errors import ConfigError
 from crs.evaluation import evaluate, format_table, write_report
-from crs.interfaces import BuildDeps
+from crs.interfaces import BuildDeps, ItemIndex
 from crs.plugins.metrics import METRICS, PROTOCOLS
 
 VOCAB = Vocabulary(["i", "like", "it", "@0", "movie"])
@@ -81,7 +81,8 @@ class FakePipeline:
             evaluation.metrics = metrics
         self.spec = SimpleNamespace(evaluation=evaluation)
         self.model, self.vocab = model, VOCAB
-        self.items = ["a", "b", "c", "d"]
+        self.items = ItemIndex(ids=["a", "b", "c", "d"], names=["A", "B", "C", "D"],
+                               entity_nodes=torch.arange(4), train_counts=torch.zeros(4))
         self.samples = {"test": SAMPLES}
 
     def build(self, kind, node, path):
@@ -138,6 +139,14 @@ def test_evaluate_per_protocol_rec_metrics_and_shared_conv_metrics():
         "gen.dist-1/sentences", "gen.dist-1/ngrams", "gen.bleu-1", "gen.f1", "gen.ppl", "gen.item_ratio"]
     assert results.examples[0] == {"context": "hello | cold context", "reference": "i like it",
                                    "hypothesis": "i like it"}
+    # the per-sample records behind the averages, with item ids, in sample order
+    assert results.rankings["crslab-v1"] == [
+        {"conv_id": "cold", "turn": 1, "target": "a", "rank": 1.0, "top": ["a", "b", "c", "d"]},
+        {"conv_id": "warm", "turn": 1, "target": "b", "rank": 1.0, "top": ["b", "d", "c", "a"]},
+        {"conv_id": "warm", "turn": 1, "target": "c", "rank": 3.0, "top": ["b", "d", "c", "a"]}]
+    # fresh masks the mentioned item b: it is neither ranked nor listed
+    assert results.rankings["fresh-v1"][1] == {"conv_id": "warm", "turn": 1, "target": "c", "rank": 2.0,
+                                               "top": ["d", "c", "a"]}
 
 
 def test_evaluate_runs_in_eval_mode_and_restores_training_mode():

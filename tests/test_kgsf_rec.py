@@ -113,6 +113,19 @@ def test_popularity_bias_init_ranks_like_popularity_before_training(deps):
         DotProductRecommender(DotProductRecommender.Config(dim=DIM, item_bias=True, bias_init="zipf"), deps)
 
 
+def test_frozen_bias_is_a_saved_buffer_that_training_leaves_alone(deps):
+    cfg = DotProductRecommender.Config(dim=DIM, item_bias=True, bias_init="popularity", bias_trainable=False)
+    rec = DotProductRecommender(cfg, deps)
+    assert "bias" not in dict(rec.named_parameters()) and "bias" in rec.state_dict()
+    before = rec.bias.clone()
+    nodes = torch.randn(21, DIM, requires_grad=True)
+    user = torch.randn(3, DIM, requires_grad=True)
+    loss = rec({"user": user, "entity_nodes": nodes, "target": torch.tensor([0, 1, 2])})["loss"]
+    loss.backward()
+    torch.optim.SGD([user, nodes, *rec.parameters()], lr=1.0).step()
+    assert torch.equal(rec.bias, before) and user.grad is not None
+
+
 def mim_batch():
     return {
         "words": torch.tensor([[1, 2, 3], [4, 0, 0], [0, 0, 0]]),

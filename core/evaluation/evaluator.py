@@ -12,7 +12,11 @@ over protocols never trips over them):
 - ``examples``: up to ``EXAMPLES`` dicts ``{"context", "reference", "hypothesis"}``
   from the first generated replies, for the report;
 - ``sample_counts``: ``{protocol_id: {"rec": n_scored, "conv": n_ppl, "gen": n_generated}}``;
-- ``timings``: seconds spent on ``rec/<protocol_id>`` and ``conv``.
+- ``timings``: seconds spent on ``rec/<protocol_id>`` and ``conv``;
+- ``rankings``: ``{protocol_id: [{"conv_id", "turn", "target", "rank", "top"}, ...]}``, one
+  record per scored sample (``target``/``top`` are item ids, ``top`` the first ``TOP_SHOWN``
+  items ranked, ``rank`` null for a target the protocol excluded): what ``crs compare`` pairs
+  up for significance tests and what error analysis reads.
 """
 from __future__ import annotations
 
@@ -23,11 +27,12 @@ import torch
 
 from ..data.vocab import detokenize
 from ..errors import ConfigError
-from .ranking import apply_candidate_mask
+from .ranking import apply_candidate_mask, target_ranks
 
 EXAMPLES = 5
 CONTEXT_TURNS_SHOWN = 3  # the examples show the last turns only: enough to judge the reply
 TASKS = ("rec", "gen", "nll")
+TOP_SHOWN = 10
 
 
 class EvaluationResults(dict):
@@ -38,6 +43,7 @@ class EvaluationResults(dict):
         self.examples: list[dict[str, str]] = []
         self.sample_counts: dict[str, dict[str, int]] = {}
         self.timings: dict[str, float] = {}
+        self.rankings: dict[str, list[dict[str, Any]]] = {}
 
 
 def evaluate(pipeline: Any, split: str, *, protocols: Iterable[Any] | None = None, generate: bool = True,
@@ -87,7 +93,9 @@ def evaluate(pipeline: Any, split: str, *, protocols: Iterable[Any] | None = Non
                 counts = dict(conv_counts)
                 if model.has_recommender and "rec" in tasks:
                     started = time.perf_counter()
-                    counts["rec"] = _rec_metrics(pipeline, split, protocol, rec_metrics, ev.batch_size, progress)
+                    results.rankings[pid] = _rec_metrics(pipeline, split, protocol, rec_metrics, ev.batch_size,
+                                                         progress)
+                    counts["rec"] = len(results.rankings[pid])
                     values.update(_collect(rec_metrics))
                     results.timings[f"rec/{pid}"] = time.perf_counter() - started
                 values.update(conv_values)
@@ -132,12 +140,14 @@ def _bar(iterable: Iterable, enabled: bool, desc: str) -> Iterable:
 
 
 def _rec_metrics(pipeline: Any, split: str, protocol: Any, metrics: list[Any], batch_size: int,
-                 progress: bool) -> int:
-    """Feed ``metrics`` with the protocol's masked scores; returns the number of scored samples."""
+                 progress: bool) -> list[dict[str, Any]]:
+    """Feed ``metrics`` with the protocol's masked scores; returns one ranking record per scored sample."""
     for metric in metrics:
         metric.reset()
     samples = protocol.rec_samples(pipeline.samples.get(split, []))
-    n_items = len(pipeline.items)
+    item_ids = pipeline.items.ids
+    n_items = len(item_ids)
+    records: list[dict[str, Any]] = []
     batches = pipeline.batches(samples, batch_size, shuffle=False, seed=0)
     for batch in _bar(batches, progress, f"rec {protocol.id}"):
         scores = pipeline.model.compute(batch, ["scores"])["scores"]
@@ -145,7 +155,14 @@ def _rec_metrics(pipeline: Any, split: str, protocol: Any, metrics: list[Any], b
         targets = batch["batch.target_item"].to(scores.device)
         for metric in metrics:
             metric.update(scores, targets)
-    return len(samples)
+        ranks = target_ranks(scores, targets).tolist()
+        top = scores.topk(min(TOP_SHOWN, n_items), dim=1)
+        for sample, rank, top_scores, top_items in zip(samples[len(records):], ranks, top.values.tolist(),
+                                                       top.indices.tolist()):
+            records.append({"conv_id": sample.conv_id, "turn": sample.turn_index,
+                            "target": item_ids[sample.target_item], "rank": rank if rank != float("inf") else None,
+                            "top": [item_ids[i] for i, v in zip(top_items, top_scores) if v != float("-inf")]})
+    return records
 
 
 def _conversation_metrics(pipeline: Any, split: str, metrics: list[Any], batch_size: int, max_len: int,

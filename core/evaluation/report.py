@@ -13,17 +13,23 @@
                 "examples": [{"context", "reference", "hypothesis"}, ...]},
       "written_at": "2025-01-01T12:00:00+00:00"
     }
+
+``rankings.jsonl`` beside it holds one line per scored recommendation sample and
+protocol, ``{"protocol", "conv_id", "turn", "target", "rank", "top"}``: the
+per-sample ranks behind the averages, which ``crs compare`` pairs across runs.
 """
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import math
 from pathlib import Path
 from typing import Any, Mapping
 
-from ..io import atomic_write_json
+from ..io import atomic_write_json, atomic_writer
 
 REPORT_NAME = "report.json"
+RANKINGS_NAME = "rankings.jsonl"
 FORMAT = "crs-report/1"
 
 DEFINITIONS = {
@@ -97,6 +103,16 @@ def write_report(run_dir: str | Path, results: Mapping[str, Mapping[str, float]]
         "written_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
     return atomic_write_json(Path(run_dir) / REPORT_NAME, _json_safe(report))
+
+
+def write_rankings(run_dir: str | Path, rankings: Mapping[str, list[dict[str, Any]]]) -> Path:
+    """Write ``<run_dir>/rankings.jsonl`` atomically (see the module docstring) and return its path."""
+    path = Path(run_dir) / RANKINGS_NAME
+    with atomic_writer(path, "w") as handle:
+        for protocol, records in rankings.items():
+            for record in records:
+                handle.write(json.dumps({"protocol": protocol, **_json_safe(record)}) + "\n")
+    return path
 
 
 def _json_safe(value: Any) -> Any:

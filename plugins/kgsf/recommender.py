@@ -11,6 +11,8 @@ KGSF's code also adds a learned per-item bias; ``item_bias: true`` turns it on.
 training recommendations, so an untrained model ranks like the popularity baseline and
 training only has to learn what the context adds (on small corpora such as INSPIRED the
 bias otherwise stays near zero while the node embeddings overfit within an epoch or two).
+``bias_trainable: false`` keeps the bias fixed at its initial value (a buffer, not a
+parameter), so that the popularity prior survives training and only the dot product learns.
 """
 from __future__ import annotations
 
@@ -44,6 +46,7 @@ class DotProductRecommender(Recommender):
         dim: int = 128
         item_bias: bool = False
         bias_init: str = "zero"  # zero | popularity (log of smoothed training frequencies)
+        bias_trainable: bool = True  # false: the bias stays at its initial value
 
     def __init__(self, config: Config, deps: BuildDeps):
         super().__init__(config, deps)
@@ -52,7 +55,11 @@ class DotProductRecommender(Recommender):
         self.n_items = len(items)
         self.register_buffer("item_nodes", torch.as_tensor(items.entity_nodes, dtype=torch.long).clone(),
                              persistent=False)
-        self.bias = nn.Parameter(self._initial_bias(items)) if config.item_bias else None
+        bias = self._initial_bias(items) if config.item_bias else None
+        if bias is not None and config.bias_trainable:
+            self.bias = nn.Parameter(bias)
+        else:  # a buffer (or None) still travels with .to(device) and the checkpoint
+            self.register_buffer("bias", bias)
 
     def _initial_bias(self, items) -> torch.Tensor:
         if self.config.bias_init == "zero":
