@@ -56,6 +56,8 @@ def run_system(corpus: str, system: str, sets: list[str], run_root: Path) -> dic
         print(proc.stdout[-2000:], proc.stderr[-4000:], file=sys.stderr)
         return {"system": system, "command": cmd[2:], "error": proc.returncode, "wall_s": wall}
     report = json.loads((run_dir / "report.json").read_text())
+    # the example replies quote corpus text, which must not be copied into the repository's result files
+    report.get("extra", {}).pop("examples", None)
     return {"system": system, "command": cmd[2:], "wall_s": round(wall, 1), "report": report}
 
 

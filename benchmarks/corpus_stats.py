@@ -99,7 +99,8 @@ def recall_by_frequency(pipeline, runs: list[str], protocol: str, ks: tuple[int,
             r = np.array(grouped.get(name, []))
             hits = "/".join(f"{(r <= k).mean():.2f}" for k in ks) if len(r) else "-"
             cells.append(f"{hits} ({len(r)})")
-        print(f"{Path(run).name:<40}" + "".join(f"{c:>16}" for c in cells))
+        label = "/".join(Path(run).parts[-2:])  # seeds live in sibling folders of the same name
+        print(f"{label:<40}" + "".join(f"{c:>16}" for c in cells))
 
 
 def main(argv: list[str] | None = None) -> int:
