@@ -168,7 +168,7 @@ def _configure_compare(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_a", help="run folder of system A (holds rankings.jsonl)")
     parser.add_argument("run_b", help="run folder of system B")
     parser.add_argument("--metric", dest="metrics", action="append", default=None, metavar="NAME@K",
-                        help="recall@K or mrr@K; repeatable (default: recall@1, recall@10, recall@50)")
+                        help="recall@K, mrr@K or ndcg@K; repeatable (default: recall@1, recall@10, recall@50)")
     parser.add_argument("--protocol", dest="protocols", action="append", default=None,
                         help="protocol id; repeatable (default: every protocol both runs ranked)")
     parser.add_argument("--resamples", type=int, default=10_000)

@@ -64,6 +64,15 @@ class WiringError(ConfigError):
     """Two pipeline slots do not fit each other (missing input, dimension mismatch)."""
 
 
+def check_choice(value: str, choices: Iterable[str], path: str, fix: str = "") -> str:
+    """`value` if it is one of `choices`; otherwise a ConfigError at `path` with a did-you-mean."""
+    choices = list(choices)
+    if value not in choices:
+        raise ConfigError(path, f"'{value}' is not a valid choice.{did_you_mean(value, choices)}",
+                          fix or f"use one of: {', '.join(choices)}")
+    return value
+
+
 def did_you_mean(name: str, candidates: Iterable[str]) -> str:
     """' Did you mean 'x'?' for the closest candidate, or '' when nothing is close."""
     close = difflib.get_close_matches(str(name), list(candidates), n=1, cutoff=0.6)

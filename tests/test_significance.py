@@ -15,12 +15,13 @@ def records(ranks, conv_prefix="c"):
             for i, r in enumerate(ranks)]
 
 
-def test_gains_for_recall_and_mrr():
+def test_gains_for_recall_mrr_and_ndcg():
     ranks = np.array([1.0, 4.0, 12.0, np.inf])
     assert gains(ranks, "recall@10").tolist() == [1.0, 1.0, 0.0, 0.0]
     assert gains(ranks, "mrr@10").tolist() == [1.0, 0.25, 0.0, 0.0]
+    assert gains(ranks, "ndcg@10") == pytest.approx([1.0, 1 / np.log2(5), 0.0, 0.0])
     with pytest.raises(ValueError, match="unknown metric"):
-        gains(ranks, "ndcg@10")
+        gains(ranks, "hits@10")
 
 
 def test_bootstrap_separates_a_clear_gap_and_not_a_tie():

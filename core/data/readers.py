@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, TextIO, TypeVar
 
-from ..errors import ConfigError, DataError
+from ..errors import DataError, check_choice
 
 T = TypeVar("T")
 ON_ERROR_CHOICES = ("raise", "skip")
@@ -53,10 +53,8 @@ class SkipLog:
 
 def check_on_error(value: str, path: str) -> str:
     """Validate an ``on_error`` config value; ConfigError at ``<path>.on_error`` otherwise."""
-    if value not in ON_ERROR_CHOICES:
-        raise ConfigError(f"{path}.on_error", f"'{value}' is not a valid choice",
-                          "use 'raise' (stop at the first malformed line) or 'skip' (count and skip it)")
-    return value
+    return check_choice(value, ON_ERROR_CHOICES, f"{path}.on_error",
+                        "use 'raise' (stop at the first malformed line) or 'skip' (count and skip it)")
 
 
 def resolve_existing(path: Path | str) -> Path | None:

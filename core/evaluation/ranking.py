@@ -51,3 +51,23 @@ def apply_candidate_mask(scores: torch.Tensor, mask: torch.Tensor | None) -> tor
     if mask.shape != scores.shape:
         raise ValueError(f"candidate mask shape {tuple(mask.shape)} != scores shape {tuple(scores.shape)}")
     return scores.masked_fill(~mask, float("-inf"))
+
+
+# Per-sample gains of a 1-based rank (``inf`` = not ranked) at cut-off k, each in [0, 1]; the
+# metric plugins average them and ``crs compare`` resamples them, so both use these definitions.
+def recall_gain(ranks: torch.Tensor, k: int) -> torch.Tensor:
+    """Recall@k with one relevant item (= hit rate): 1 if rank <= k."""
+    return (ranks <= k).to(ranks.dtype)
+
+
+def mrr_gain(ranks: torch.Tensor, k: int) -> torch.Tensor:
+    """MRR@k: 1 / rank if rank <= k."""
+    return torch.where(ranks <= k, 1.0 / ranks, torch.zeros_like(ranks))
+
+
+def ndcg_gain(ranks: torch.Tensor, k: int) -> torch.Tensor:
+    """NDCG@k with one relevant item (ideal DCG = 1): 1 / log2(rank + 1) if rank <= k."""
+    return torch.where(ranks <= k, 1.0 / torch.log2(ranks + 1.0), torch.zeros_like(ranks))
+
+
+GAINS = {"recall": recall_gain, "mrr": mrr_gain, "ndcg": ndcg_gain}

@@ -3,8 +3,9 @@
 With a few hundred test samples (INSPIRED has 252) two systems' Recall@10 can differ by
 0.03 by chance alone.  Both runs write ``rankings.jsonl`` (see :mod:`.report`); the
 samples are paired by ``(protocol, conv_id, turn, target)`` and the per-sample gain
-(hit@k for recall, 1/rank for MRR) is resampled with replacement, the same indices for
-both runs, so that the spread reflects only which samples happened to be drawn.
+(the metric plugins' own: hit@k for recall, 1/rank for MRR, 1/log2(rank + 1) for NDCG)
+is resampled with replacement, the same indices for both runs, so that the spread
+reflects only which samples happened to be drawn.
 
 For each protocol and metric the result gives both means, their difference, a
 percentile confidence interval of the difference and a two-sided bootstrap p-value
@@ -22,9 +23,12 @@ from typing import Iterable
 import numpy as np
 
 from ..errors import DataError
+import torch
+
+from .ranking import GAINS
 from .report import RANKINGS_NAME
 
-METRICS = ("recall", "mrr")
+METRICS = tuple(GAINS)
 SampleKey = tuple[str, int, str]  # conv_id, turn, target
 
 
@@ -70,15 +74,11 @@ def load_rankings(run_dir: str | Path) -> dict[str, dict[SampleKey, float]]:
 
 
 def gains(ranks: np.ndarray, metric: str) -> np.ndarray:
-    """Per-sample gain for ``recall@k`` (1 if rank <= k) or ``mrr@k`` (1/rank if rank <= k)."""
+    """Per-sample gain of ``NAME@k`` (NAME in :data:`METRICS`), as the metric plugins define it."""
     name, _, cutoff = metric.partition("@")
-    k = int(cutoff)
-    hit = ranks <= k
-    if name == "recall":
-        return hit.astype(float)
-    if name == "mrr":
-        return np.where(hit, 1.0 / np.where(hit, ranks, 1.0), 0.0)
-    raise ValueError(f"unknown metric '{metric}': use recall@k or mrr@k")
+    if name not in GAINS or not cutoff.isdigit():
+        raise ValueError(f"unknown metric '{metric}': use NAME@k with NAME one of {', '.join(METRICS)}")
+    return GAINS[name](torch.as_tensor(ranks, dtype=torch.float64), int(cutoff)).numpy()
 
 
 def paired_bootstrap(a: np.ndarray, b: np.ndarray, *, resamples: int = 10_000, seed: int = 0,

@@ -31,7 +31,7 @@ from typing import Any, Optional
 
 from crs.data.readers import RecordError, SkipLog, check_on_error, expect, iter_jsonl
 from crs.data.schema import RECOMMENDER, ROLES, Conversation, Corpus, Item, Mention, Turn
-from crs.errors import ConfigError, DataError
+from crs.errors import ConfigError, DataError, check_choice
 from crs.interfaces import BuildDeps, Dataset
 
 from .common import data_file, resolve_root
@@ -111,9 +111,7 @@ class JsonlDataset(Dataset):
     def __init__(self, config: Any, deps: BuildDeps):
         super().__init__(config, deps)
         check_on_error(config.on_error, self.path)
-        if config.format not in FORMATS:
-            raise ConfigError(f"{self.path}.format", f"'{config.format}' is not a valid choice",
-                              f"use one of: {', '.join(FORMATS)}")
+        check_choice(config.format, FORMATS, f"{self.path}.format")
         config.fields = _coerce(config.fields, FieldMap, f"{self.path}.fields")
         config.item_fields = _coerce(config.item_fields, ItemFileFields, f"{self.path}.item_fields")
         bad = {k: v for k, v in dict(config.roles).items() if v not in ROLES}

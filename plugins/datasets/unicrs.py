@@ -25,7 +25,7 @@ from typing import Any, Optional
 
 from crs.data.readers import RecordError, SkipLog, check_on_error, expect, iter_jsonl
 from crs.data.schema import RECOMMENDER, SEEKER, Conversation, Corpus, Item, Mention, Turn
-from crs.errors import ConfigError
+from crs.errors import check_choice
 from crs.interfaces import BuildDeps, Dataset
 
 from .common import data_file, resolve_root
@@ -60,9 +60,7 @@ class UniCRSJsonlDataset(Dataset):
     def __init__(self, config: Any, deps: BuildDeps):
         super().__init__(config, deps)
         check_on_error(config.on_error, self.path)
-        if config.item_set not in ITEM_SETS:
-            raise ConfigError(f"{self.path}.item_set", f"'{config.item_set}' is not a valid choice",
-                              f"use one of: {', '.join(ITEM_SETS)}")
+        check_choice(config.item_set, ITEM_SETS, f"{self.path}.item_set")
 
     def load(self) -> Corpus:
         cfg, root = self.config, resolve_root(self.config.root)

@@ -22,10 +22,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from crs.errors import ConfigError
+from crs.errors import check_choice
 from crs.interfaces import BuildDeps, Port, Recommender
 
 from .graph_common import check_positive
+
+BIAS_INITS = ("zero", "popularity")
 
 
 def rec_cross_entropy(scores: torch.Tensor, target: torch.Tensor | None) -> torch.Tensor | None:
@@ -51,6 +53,7 @@ class DotProductRecommender(Recommender):
     def __init__(self, config: Config, deps: BuildDeps):
         super().__init__(config, deps)
         check_positive(config.dim, f"{self.path}.dim", "dim")
+        check_choice(config.bias_init, BIAS_INITS, f"{self.path}.bias_init")
         items = deps.require("items")
         self.n_items = len(items)
         self.register_buffer("item_nodes", torch.as_tensor(items.entity_nodes, dtype=torch.long).clone(),
@@ -64,11 +67,8 @@ class DotProductRecommender(Recommender):
     def _initial_bias(self, items) -> torch.Tensor:
         if self.config.bias_init == "zero":
             return torch.zeros(self.n_items)
-        if self.config.bias_init == "popularity":
-            counts = torch.as_tensor(items.train_counts, dtype=torch.float) + 1.0  # add-one smoothing
-            return (counts / counts.sum()).log()
-        raise ConfigError(f"{self.path}.bias_init", f"unknown value '{self.config.bias_init}'",
-                          "use zero or popularity")
+        counts = torch.as_tensor(items.train_counts, dtype=torch.float) + 1.0  # add-one smoothing
+        return (counts / counts.sum()).log()
 
     def input_ports(self) -> dict[str, Port]:
         return {

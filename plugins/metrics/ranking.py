@@ -16,7 +16,7 @@ from typing import ClassVar
 import torch
 
 from crs.errors import ConfigError
-from crs.evaluation.ranking import target_ranks
+from crs.evaluation.ranking import mrr_gain, ndcg_gain, recall_gain, target_ranks
 from crs.interfaces import BuildDeps, Metric
 
 
@@ -70,9 +70,7 @@ class Recall(RankMetric):
 
     name = "recall"
 
-    @staticmethod
-    def gain(ranks: torch.Tensor, k: int) -> torch.Tensor:
-        return (ranks <= k).float()
+    gain = staticmethod(recall_gain)
 
 
 class MRR(RankMetric):
@@ -80,9 +78,7 @@ class MRR(RankMetric):
 
     name = "mrr"
 
-    @staticmethod
-    def gain(ranks: torch.Tensor, k: int) -> torch.Tensor:
-        return torch.where(ranks <= k, 1.0 / ranks, torch.zeros_like(ranks))
+    gain = staticmethod(mrr_gain)
 
 
 class NDCG(RankMetric):
@@ -90,6 +86,4 @@ class NDCG(RankMetric):
 
     name = "ndcg"
 
-    @staticmethod
-    def gain(ranks: torch.Tensor, k: int) -> torch.Tensor:
-        return torch.where(ranks <= k, 1.0 / torch.log2(ranks + 1.0), torch.zeros_like(ranks))
+    gain = staticmethod(ndcg_gain)
