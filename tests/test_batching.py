@@ -1,6 +1,7 @@
 """Collating samples into `batch.*` tensors and iterating batches."""
 from __future__ import annotations
 
+import dataclasses
 import re
 
 import pytest
@@ -8,6 +9,7 @@ import torch
 
 from crs.data import samples as samples_module
 from crs.data.batching import collate, iterate_batches
+from crs.data.fields import BUILTIN_FIELDS, Field, batch_keys, check_fields
 from crs.data.samples import Sample
 
 
@@ -22,13 +24,42 @@ def _sample(n: int, **overrides) -> Sample:
 
 def _documented_keys() -> set[str]:
     """The batch keys of the table in crs.data.samples' docstring."""
-    return set(re.findall(r"^(batch\.\w+)", samples_module.__doc__, flags=re.MULTILINE))
+    return set(re.findall(r"^\| `(batch\.\w+)`", samples_module.__doc__, flags=re.MULTILINE))
 
 
 def test_collate_has_exactly_the_documented_keys():
     batch = collate([_sample(1), _sample(2)])
-    assert len(_documented_keys()) == 18
-    assert set(batch) == _documented_keys()
+    assert {"batch.context_tokens_mask", "batch.context_turns", "batch.samples"} <= _documented_keys()
+    assert set(batch) == _documented_keys() == set(batch_keys())
+
+
+def test_sample_attributes_come_from_the_field_table():
+    names = [f.name for f in dataclasses.fields(Sample)]
+    assert names == ["conv_id", *(spec.name for spec in BUILTIN_FIELDS), "meta", "features"]
+
+
+def test_featurizer_fields_are_collated_by_their_rule():
+    extra = [Field("review_ids", "pad", "review ids", pad=-1), Field("weight", "float", "a weight", default=float),
+             Field("tags", "list", "tags")]
+    samples = [_sample(1, features={"review_ids": [4, 5], "weight": 0.5, "tags": ["a"]}),
+               _sample(2, features={"review_ids": [], "weight": 2.0, "tags": []})]
+    batch = collate(samples, extra)
+    assert batch["batch.review_ids"].tolist() == [[4, 5], [-1, -1]]
+    assert batch["batch.review_ids_mask"].tolist() == [[True, True], [False, False]]
+    assert batch["batch.weight"].tolist() == [0.5, 2.0]
+    assert batch["batch.tags"] == [["a"], []]
+    assert set(batch) == set(batch_keys(extra))
+
+
+def test_featurizer_fields_may_not_clash():
+    from crs.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="clashes with a built-in field"):
+        check_fields([Field("context_tokens", "pad", "x")], "samples.featurizers.0")
+    with pytest.raises(ConfigError, match="unknown collate rule"):
+        check_fields([Field("mine", "stack", "x")], "samples.featurizers.0")
+    with pytest.raises(ConfigError, match="clashes with the field of samples.featurizers.0"):
+        check_fields([Field("mine", "pad", "x"), Field("mine", "list", "y")], "samples.featurizers.0")
 
 
 def test_collate_pads_with_zero_and_masks():

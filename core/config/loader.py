@@ -143,6 +143,7 @@ def validate_components(spec: PipelineSpec, registry: Any, source: Any = None) -
     nodes += [("evaluation_protocol", node, f"evaluation.protocols.{i}")
               for i, node in enumerate(spec.evaluation.protocols)]
     nodes += [("metric", node, f"evaluation.metrics.{i}") for i, node in enumerate(spec.evaluation.metrics)]
+    nodes += [("featurizer", node, f"samples.featurizers.{i}") for i, node in enumerate(spec.samples.featurizers)]
     errors: list[ConfigError] = []
     for slot, node in spec.model.items():
         # a slot without `type:` whose name is close to another slot's is almost always a typo
@@ -269,6 +270,9 @@ def _normalize(config: dict) -> dict:
         for stage in config["stages"]:
             if isinstance(stage, dict) and "strategy" in stage:
                 stage["strategy"] = _node(stage["strategy"])
+    samples = config.get("samples")
+    if isinstance(samples, dict) and isinstance(samples.get("featurizers"), list):
+        samples["featurizers"] = [_node(v) for v in samples["featurizers"]]
     evaluation = config.get("evaluation")
     if isinstance(evaluation, dict):
         for key in ("protocols", "metrics"):
@@ -372,7 +376,8 @@ def _is_node_path(parts: list[str]) -> bool:
     """True for paths of component nodes, where a string is a `{type: NAME}` shorthand."""
     return (len(parts) == 2 and parts[0] in ("model", "knowledge")) or parts == ["linker"] or \
         (len(parts) == 3 and parts[0] == "stages" and parts[2] == "strategy") or \
-        (len(parts) == 3 and parts[0] == "evaluation" and parts[1] in ("protocols", "metrics"))
+        (len(parts) == 3 and parts[0] == "evaluation" and parts[1] in ("protocols", "metrics")) or \
+        (len(parts) == 3 and parts[0] == "samples" and parts[1] == "featurizers")
 
 
 def _resolve(config: dict, sources: SourceMap) -> dict:

@@ -64,6 +64,8 @@ class SamplesSpec:
     valid_fraction: float = 0.1  # carved from train when the corpus has no valid split
     min_word_freq: int = 1
     max_train_conversations: int = 0  # 0 = all; for quick runs
+    # featurizer components adding batch fields of their own, computed once per sample (crs.data.fields)
+    featurizers: list[Node] = field(default_factory=list)
 
 
 @dataclass

@@ -1,27 +1,23 @@
-"""Collating samples into the `batch.*` tensors of crs.data.samples, and iterating batches.
+"""Collating samples into the `batch.*` values of crs.data.fields, and iterating batches.
 
-Padded fields are right-padded with 0 and come with a bool `_mask` (True = real
-value).  A field that is empty in every sample still gets one padded column, so
-components never see a zero-width tensor (their masks are simply all False).
+Every field is collated by its rule in the field table (:mod:`crs.data.fields`), so a
+field added there, or declared by a featurizer, needs no code here.
 """
 from __future__ import annotations
 
 import random
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 
+from .fields import BUILTIN_FIELDS, SAMPLES_KEY, Field
 from .samples import Sample
 
-#: sample attribute -> batch key prefix, for every padded list field
-PADDED_FIELDS = ("context_tokens", "context_entities", "context_words", "context_items", "target_items",
-                 "response_tokens")
 
-
-def pad(rows: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(long (B, L) right-padded with 0, bool (B, L) mask); L >= 1."""
+def pad(rows: Sequence[Sequence[int]], value: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(long (B, L) right-padded with `value`, bool (B, L) mask); L >= 1."""
     width = max(1, max((len(r) for r in rows), default=0))
-    values = torch.zeros(len(rows), width, dtype=torch.long)
+    values = torch.full((len(rows), width), value, dtype=torch.long)
     mask = torch.zeros(len(rows), width, dtype=torch.bool)
     for i, row in enumerate(rows):
         if row:
@@ -30,23 +26,31 @@ def pad(rows: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
     return values, mask
 
 
-def collate(samples: Sequence[Sample]) -> dict:
-    """The batch dict for `samples`: exactly the keys documented in crs.data.samples."""
+def _collate_field(spec: Field, values: list[Any], batch: dict) -> None:
+    if spec.collate == "pad":
+        batch[spec.key], batch[f"{spec.key}_mask"] = pad(values, spec.pad)
+    elif spec.collate == "value":
+        batch[spec.key] = torch.tensor(values, dtype=torch.long)
+    elif spec.collate == "float":
+        batch[spec.key] = torch.tensor(values, dtype=torch.float)
+    else:  # list
+        batch[spec.key] = [list(v) if isinstance(v, list) else v for v in values]
+
+
+def collate(samples: Sequence[Sample], extra_fields: Sequence[Field] = ()) -> dict:
+    """The batch dict for `samples`: every built-in field, every field in `extra_fields`, and the samples."""
     batch: dict = {}
-    for name in PADDED_FIELDS:
-        values, mask = pad([getattr(s, name) for s in samples])
-        batch[f"batch.{name}"] = values
-        batch[f"batch.{name}_mask"] = mask
-    batch["batch.target_item"] = torch.tensor([s.target_item for s in samples], dtype=torch.long)
-    batch["batch.user_index"] = torch.tensor([s.user_index for s in samples], dtype=torch.long)
-    batch["batch.turn_index"] = torch.tensor([s.turn_index for s in samples], dtype=torch.long)
-    batch["batch.context_text"] = [list(s.context_text) for s in samples]
-    batch["batch.response_text"] = [s.response_text for s in samples]
-    batch["batch.samples"] = list(samples)
+    for spec in BUILTIN_FIELDS:
+        _collate_field(spec, [getattr(s, spec.name) for s in samples], batch)
+    for spec in extra_fields:
+        _collate_field(spec, [s.features[spec.name] if spec.name in s.features else spec.default()
+                              for s in samples], batch)
+    batch[SAMPLES_KEY] = list(samples)
     return batch
 
 
-def iterate_batches(samples: Sequence[Sample], batch_size: int, *, shuffle: bool, seed: int) -> Iterator[dict]:
+def iterate_batches(samples: Sequence[Sample], batch_size: int, *, shuffle: bool, seed: int,
+                    extra_fields: Sequence[Field] = ()) -> Iterator[dict]:
     """Collated batches of `batch_size` (the last may be smaller).
 
     Shuffling uses its own `random.Random(seed)` on a copy, so the caller's list and the
@@ -58,4 +62,4 @@ def iterate_batches(samples: Sequence[Sample], batch_size: int, *, shuffle: bool
     if shuffle:
         random.Random(seed).shuffle(order)
     for start in range(0, len(order), batch_size):
-        yield collate(order[start:start + batch_size])
+        yield collate(order[start:start + batch_size], extra_fields)

@@ -9,6 +9,7 @@ from typing import Any, Iterator
 import torch
 
 from ..config.spec import PipelineSpec
+from ..data.fields import batch_keys, check_fields, featurize_all
 from ..data.schema import Corpus
 from ..data.vocab import Vocabulary
 from ..errors import ConfigError
@@ -35,6 +36,7 @@ class Pipeline:
     model: PipelineModel
     linker: Any = None
     timings: dict[str, float] = field(default_factory=dict)
+    fields: list = field(default_factory=list)  # batch fields added by featurizers (crs.data.fields.Field)
 
     @property
     def device(self) -> torch.device:
@@ -59,7 +61,7 @@ class Pipeline:
         from ..data.batching import iterate_batches
 
         device = self.device
-        for batch in iterate_batches(samples, batch_size, shuffle=shuffle, seed=seed):
+        for batch in iterate_batches(samples, batch_size, shuffle=shuffle, seed=seed, extra_fields=self.fields):
             if device.type != "cpu":
                 batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
             yield batch
@@ -83,6 +85,19 @@ def _pick_graph(graphs: dict[str, IndexedGraph | KnowledgeGraph], role: str, wan
         raise ConfigError(f"samples.{key}", f"several {role} graphs ({', '.join(named)}); which one feeds the samples?",
                           f"set samples.{key} to one of them")
     return named[0] if named else None
+
+
+def _build_featurizers(spec: PipelineSpec, registry: Any, vocab: Vocabulary, items: ItemIndex,
+                       graphs: dict[str, IndexedGraph], item_texts: dict[str, ItemTexts], users: dict[str, int]) -> list:
+    """The featurizers of ``samples.featurizers``, their fields checked against each other and the built-ins."""
+    featurizers, declared = [], []
+    for i, node in enumerate(spec.samples.featurizers):
+        path = f"samples.featurizers.{i}"
+        featurizer = registry.build("featurizer", node, path, _model_deps(path, vocab, items, graphs, item_texts, users))
+        check_fields([*declared, *featurizer.fields()], path)
+        declared += featurizer.fields()
+        featurizers.append(featurizer)
+    return featurizers
 
 
 def build_pipeline(spec: PipelineSpec, registry: Any, resolved: dict) -> Pipeline:
@@ -133,6 +148,9 @@ def build_pipeline(spec: PipelineSpec, registry: Any, resolved: dict) -> Pipelin
             linker=linker, users=users, spec=spec.samples)
         for split, convs in corpus.splits.items()
     }
+    featurizers = _build_featurizers(spec, registry, vocab, items, graphs, item_texts, users)
+    extra_fields = [f for featurizer in featurizers for f in featurizer.fields()]
+    featurize_all(featurizers, samples, corpus.splits)
     timings["build_samples_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -142,9 +160,9 @@ def build_pipeline(spec: PipelineSpec, registry: Any, resolved: dict) -> Pipelin
         component = registry.build(MODEL_KINDS, node, f"model.{name}", deps)
         slots[name] = component
         renames[name] = getattr(component, "port_renames", {})
-    model = PipelineModel(slots, wire(slots, renames)).to(spec.device)
+    model = PipelineModel(slots, wire(slots, renames, batch_keys(extra_fields))).to(spec.device)
     timings["build_model_s"] = time.perf_counter() - t0
     log.info("pipeline built: %s", {k: round(v, 2) for k, v in timings.items()})
     return Pipeline(spec=spec, resolved=resolved, registry=registry, corpus=corpus, vocab=vocab, items=items,
                     graphs=graphs, item_texts=item_texts, users=users, samples=samples, model=model,
-                    linker=linker, timings=timings)
+                    linker=linker, timings=timings, fields=extra_fields)

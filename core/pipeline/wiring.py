@@ -10,18 +10,11 @@ from dataclasses import dataclass, field
 from typing import Iterable
 
 from ..errors import WiringError, did_you_mean
+from ..data.fields import batch_keys
 from ..interfaces import ModelComponent, Port
 
-#: Keys the collated batch provides (see crs.data.samples); model inputs may read them.
-BATCH_KEYS = frozenset(
-    f"batch.{name}"
-    for name in (
-        "context_tokens", "context_tokens_mask", "context_entities", "context_entities_mask",
-        "context_words", "context_words_mask", "context_items", "context_items_mask",
-        "target_item", "target_items", "target_items_mask", "response_tokens", "response_tokens_mask",
-        "user_index", "turn_index", "context_text", "response_text", "samples",
-    )
-)
+#: Keys the collated batch provides without featurizers (see crs.data.fields); model inputs may read them.
+BATCH_KEYS = batch_keys()
 
 
 @dataclass
@@ -35,6 +28,7 @@ class SlotWiring:
 class Wiring:
     slots: dict[str, SlotWiring]
     provider: dict[str, str] = field(default_factory=dict)  # state key -> slot that writes it
+    batch_keys: frozenset[str] = BATCH_KEYS  # the batch's keys, featurizer fields included
 
     def plan(self, wanted: Iterable[str]) -> list[str]:
         """Slots to run, in dependency order, to produce every key in `wanted`."""
@@ -54,7 +48,7 @@ class Wiring:
         for key in wanted:
             if key in self.provider:
                 visit(self.provider[key])
-            elif key not in BATCH_KEYS:
+            elif key not in self.batch_keys:
                 have = sorted(self.provider)
                 raise WiringError("", f"no model slot provides '{key}'.{did_you_mean(key, have)}",
                                   f"keys the model provides: {', '.join(have)}")
@@ -83,8 +77,12 @@ def _renamed(ports: dict[str, Port], renames: dict[str, str], path: str, what: s
     return {local: Port(renames.get(local, p.key), p.dim, p.optional, p.doc) for local, p in ports.items()}
 
 
-def wire(slots: dict[str, ModelComponent], renames: dict[str, dict[str, dict[str, str]]]) -> Wiring:
-    """Resolve every slot's ports (applying YAML renames) and check that they fit together."""
+def wire(slots: dict[str, ModelComponent], renames: dict[str, dict[str, dict[str, str]]],
+         batch: frozenset[str] = BATCH_KEYS) -> Wiring:
+    """Resolve every slot's ports (applying YAML renames) and check that they fit together.
+
+    `batch` is the set of batch keys (built-in fields plus those of the pipeline's featurizers).
+    """
     wired: dict[str, SlotWiring] = {}
     provider: dict[str, str] = {}
     for name, comp in slots.items():
@@ -97,7 +95,7 @@ def wire(slots: dict[str, ModelComponent], renames: dict[str, dict[str, dict[str
             if port.key in provider:
                 raise WiringError(f"{path}.outputs", f"slots '{provider[port.key]}' and '{name}' both write '{port.key}'",
                                   f"rename one of them with `outputs: {{port: new_key}}` under model.{name}")
-            if port.key in BATCH_KEYS:
+            if port.key in batch:
                 raise WiringError(f"{path}.outputs", f"'{port.key}' is a batch field and cannot be written by a slot",
                                   "rename the output port")
             provider[port.key] = name
@@ -105,12 +103,12 @@ def wire(slots: dict[str, ModelComponent], renames: dict[str, dict[str, dict[str
     for name, sw in wired.items():
         for local, port in sw.inputs.items():
             where = f"model.{name}.inputs.{local}"
-            if port.key in BATCH_KEYS:
+            if port.key in batch:
                 continue
             if port.key not in provider:
                 if port.optional:
                     continue
-                have = sorted(set(provider) | BATCH_KEYS)
+                have = sorted(set(provider) | batch)
                 raise WiringError(where, f"slot '{name}' reads '{port.key}', which no slot provides and is no batch "
                                   f"field.{did_you_mean(port.key, have)}",
                                   f"add a slot that outputs '{port.key}', or map the port to one of: {', '.join(have)}")
@@ -119,7 +117,7 @@ def wire(slots: dict[str, ModelComponent], renames: dict[str, dict[str, dict[str
                 raise WiringError(where, f"dimension mismatch: slot '{src.name}' outputs '{port.key}' with dim {dim}, "
                                   f"but slot '{name}' expects dim {port.dim}",
                                   f"make model.{src.name} and model.{name} agree (e.g. set the same `dim`)")
-    wiring = Wiring(wired, provider)
+    wiring = Wiring(wired, provider, batch)
     _check_acyclic(wiring)
     return wiring
 
