@@ -10,12 +10,18 @@ import until a component is used).
 ``register(name: str, component: type | str) -> None`` raises
 :class:`crs.errors.PluginError` when ``name`` is already taken (by any kind),
 naming both plugins.
+
+The kinds themselves (hook name, base class, model slot or not) are listed once, in
+:data:`crs.kinds.KIND_TABLE`; this module defines each row's hook and derives
+:data:`KINDS` from the table (a test checks that the two agree).
 """
 from __future__ import annotations
 
 from typing import Callable, Union
 
 import pluggy
+
+from .kinds import HOOKS
 
 hookspec = pluggy.HookspecMarker("crs")
 hookimpl = pluggy.HookimplMarker("crs")
@@ -46,6 +52,24 @@ def crs_register_entity_linkers(register: Register) -> None:
     """Register entity linkers (:class:`crs.interfaces.EntityLinker`): text -> entity / word node names.
 
     :param register: call ``register(name, cls)`` once per linker.
+    Called once when the registry is filled.
+    """
+
+
+@hookspec
+def crs_register_featurizers(register: Register) -> None:
+    """Register featurizers (:class:`crs.data.fields.Featurizer`): per-sample batch fields computed in data preparation.
+
+    :param register: call ``register(name, cls)`` once per featurizer.
+    Called once when the registry is filled.
+    """
+
+
+@hookspec
+def crs_register_shared_modules(register: Register) -> None:
+    """Register shared modules (:class:`crs.shared.SharedModule`): built once under ``shared:`` and used by several slots.
+
+    :param register: call ``register(name, cls)`` once per shared module.
     Called once when the registry is filled.
     """
 
@@ -131,18 +155,5 @@ def crs_register_evaluation_protocols(register: Register) -> None:
     """
 
 
-#: kind name -> hook name; the order is the order `crs components` lists kinds in.
-KINDS: dict[str, str] = {
-    "dataset": "crs_register_datasets",
-    "knowledge_source": "crs_register_knowledge_sources",
-    "entity_linker": "crs_register_entity_linkers",
-    "context_encoder": "crs_register_context_encoders",
-    "external_encoder": "crs_register_external_encoders",
-    "user_encoder": "crs_register_user_encoders",
-    "recommender": "crs_register_recommenders",
-    "fusion_objective": "crs_register_fusion_objectives",
-    "training_strategy": "crs_register_training_strategies",
-    "generator": "crs_register_generators",
-    "metric": "crs_register_metrics",
-    "evaluation_protocol": "crs_register_evaluation_protocols",
-}
+#: kind name -> hook name, in the order `crs components` lists kinds; derived from crs.kinds.KIND_TABLE.
+KINDS: dict[str, str] = dict(HOOKS)

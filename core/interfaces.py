@@ -17,11 +17,12 @@ stage weights them by name.  YAML may rename a slot's ports with
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Mapping
 
 import torch
 from torch import nn
 
+from . import kinds as _kinds
 from .errors import ConfigError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -73,6 +74,7 @@ class BuildDeps:
     item_texts: dict[str, "ItemTexts"] = field(default_factory=dict)
     num_users: int = 1
     extras: dict[str, Any] = field(default_factory=dict)
+    shared: dict[str, nn.Module] = field(default_factory=dict)  # the pipeline's `shared:` modules (crs.shared)
 
     def graph(self, name: str, key: str = "graph") -> "IndexedGraph":
         """The indexed graph named `name` in `knowledge:`; a ConfigError at `path.key` if absent."""
@@ -89,6 +91,16 @@ class BuildDeps:
                               f"name one of: {have}")
         return self.item_texts[name]
 
+    def shared_module(self, name: str, key: str, base: type | None = None) -> Any:
+        """A :class:`crs.shared.SharedRef` to the `shared:` module `name` (named by config key `key`).
+
+        Hold it as an attribute (not a submodule): the pipeline owns the parameters once.
+        A ConfigError at `path.key` names the declared modules when `name` is unknown.
+        """
+        from .shared import resolve_shared  # crs.shared imports this module
+
+        return resolve_shared(self, name, key, base)
+
     def require(self, attr: str) -> Any:
         value = getattr(self, attr)
         if value is None:
@@ -97,10 +109,14 @@ class BuildDeps:
 
 
 class Component:
-    """Mixin every component shares: its kind and its Config dataclass."""
+    """What every component shares: its kind, its Config dataclass, and the config and YAML path it was built with."""
 
     kind: ClassVar[str] = ""
     Config: ClassVar[type] = EmptyConfig
+
+    def __init__(self, config: Any, deps: BuildDeps):
+        self.config = config
+        self.path = deps.path  # YAML path of the node, for error messages
 
 
 # ----------------------------------------------------------------- model slots
@@ -108,9 +124,8 @@ class ModelComponent(Component, nn.Module):
     """A trainable slot of the model, wired by ports."""
 
     def __init__(self, config: Any, deps: BuildDeps):
-        nn.Module.__init__(self)
-        self.config = config
-        self.path = deps.path
+        nn.Module.__init__(self)  # first: nn.Module must exist before attributes are set on it
+        Component.__init__(self, config, deps)
 
     def input_ports(self) -> dict[str, Port]:
         return {}
@@ -160,15 +175,12 @@ class Generator(ModelComponent):
         raise NotImplementedError
 
 
-MODEL_KINDS = ("context_encoder", "external_encoder", "user_encoder", "recommender", "fusion_objective", "generator")
+MODEL_KINDS = _kinds.MODEL_KINDS  # the kinds that fill `model:` slots, from the one kind table (crs.kinds)
 
 
 # ------------------------------------------------------------ non-model kinds
 class Dataset(Component):
     kind = "dataset"
-
-    def __init__(self, config: Any, deps: BuildDeps):
-        self.config, self.path = config, deps.path
 
     def load(self) -> "Corpus":  # pragma: no cover - abstract
         raise NotImplementedError
@@ -176,9 +188,6 @@ class Dataset(Component):
 
 class KnowledgeSource(Component):
     kind = "knowledge_source"
-
-    def __init__(self, config: Any, deps: BuildDeps):
-        self.config, self.path = config, deps.path
 
     def load(self, corpus: "Corpus") -> "KnowledgeGraph | ItemTexts":  # pragma: no cover - abstract
         raise NotImplementedError
@@ -188,9 +197,6 @@ class EntityLinker(Component):
     """Finds graph nodes named in free text (data preparation and live chat)."""
 
     kind = "entity_linker"
-
-    def __init__(self, config: Any, deps: BuildDeps):
-        self.config, self.path = config, deps.path
 
     def fit(self, graph: "IndexedGraph") -> None:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -211,9 +217,6 @@ class Metric(Component):
     kind = "metric"
     task: ClassVar[str] = "rec"
 
-    def __init__(self, config: Any, deps: BuildDeps):
-        self.config, self.path = config, deps.path
-
     def reset(self) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
 
@@ -230,9 +233,6 @@ class EvaluationProtocol(Component):
     kind = "evaluation_protocol"
     id: ClassVar[str] = ""
 
-    def __init__(self, config: Any, deps: BuildDeps):
-        self.config, self.path = config, deps.path
-
     def rec_samples(self, samples: list) -> list:  # pragma: no cover - abstract
         """Expand/filter recommender-turn samples into scored samples (target_item set)."""
         raise NotImplementedError
@@ -247,25 +247,10 @@ class TrainingStrategy(Component):
 
     kind = "training_strategy"
 
-    def __init__(self, config: Any, deps: BuildDeps):
-        self.config, self.path = config, deps.path
-
     def train_epoch(self, loop: Any) -> dict[str, float]:  # pragma: no cover - abstract
         """Run one epoch using `loop` (a crs.training.loop.EpochLoop); return mean losses."""
         raise NotImplementedError
 
 
-BASES: dict[str, type] = {
-    "dataset": Dataset,
-    "knowledge_source": KnowledgeSource,
-    "entity_linker": EntityLinker,
-    "context_encoder": ContextEncoder,
-    "external_encoder": ExternalEncoder,
-    "user_encoder": UserEncoder,
-    "recommender": Recommender,
-    "fusion_objective": FusionObjective,
-    "training_strategy": TrainingStrategy,
-    "generator": Generator,
-    "metric": Metric,
-    "evaluation_protocol": EvaluationProtocol,
-}
+#: kind -> base class, derived from crs.kinds.KIND_TABLE; each class is imported on first look-up.
+BASES: Mapping[str, type] = _kinds.LazyBases()

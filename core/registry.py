@@ -21,9 +21,8 @@ from typing import Any, Iterable
 from .config.validate import field_types, from_dict, join, type_name
 from .errors import ConfigError, PluginError, UnknownComponentError, did_you_mean
 from .hookspecs import KINDS
-
-# crs.interfaces imports torch; its names are only needed once a class is resolved.
-_MODEL_KINDS = ("context_encoder", "external_encoder", "user_encoder", "recommender", "fusion_objective", "generator")
+from .kinds import MODEL_KINDS as _MODEL_KINDS  # from the kind table; importing it loads no torch
+from .kinds import base_class
 PORT_KEYS = ("inputs", "outputs")
 
 
@@ -265,8 +264,6 @@ def _check_port_renames(instance: Any, renames: dict[str, dict[str, str]], path:
 
 
 def _resolve(info: ComponentInfo) -> type:
-    from .interfaces import BASES
-
     ref = info.ref
     if isinstance(ref, str):
         module_name, _, attr = ref.partition(":")
@@ -286,10 +283,10 @@ def _resolve(info: ComponentInfo) -> type:
                               f"has no attribute '{attr}'\n  fix: correct the registration reference {ref!r}")
     else:
         cls = ref
-    base = BASES[info.kind]
+    base = base_class(info.kind)
     if not isinstance(cls, type) or not issubclass(cls, base):
         raise PluginError(f"{info.kind} '{info.name}' from plugin '{info.plugin}' is {cls!r}, which is not a "
-                          f"subclass of crs.interfaces.{base.__name__}\n  fix: derive it from {base.__name__}")
+                          f"subclass of {base.__module__}.{base.__name__}\n  fix: derive it from {base.__name__}")
     if not dataclasses.is_dataclass(getattr(cls, "Config", None)):
         raise PluginError(f"{info.kind} '{info.name}' from plugin '{info.plugin}': {cls.__name__}.Config is "
                           f"not a dataclass\n  fix: decorate the nested Config class with @dataclass")
