@@ -20,7 +20,24 @@ Fixtures, each fresh per test:
     :mod:`crs.data.samples`, consistent with it.  The last sample mentions no
     entity, word or item, as early dialogue turns do: components must cope.
 
-:func:`check_component` builds a component, runs it on a batch and checks its ports.
+Helpers, one line each:
+
+- ``make_tiny_deps(path)``: the BuildDeps behind ``tiny_deps``, usable outside pytest.
+- ``make_tiny_samples(deps)``: the three hand-made Samples behind ``tiny_batch``.
+- ``make_tiny_batch(deps, samples=None)``: those samples collated as a run collates them.
+- ``check_component(cls, node, deps, batch)``: build a component, run it on a batch, check its ports and losses.
+- ``check_contract(registry, name)``: ``check_component`` on a registered model component with its contract node.
+- ``contract_node(cls)``: the node the contract builds ``cls`` from (its ``contract_node`` or ``{}``).
+- ``write_entry_point_plugin(directory, entry_name, module_name, source)``: a fake pip-installed plugin.
+
+The contract: every registered model component (``crs.interfaces.MODEL_KINDS``) must pass
+``check_contract`` (the suite's ``tests/test_contract.py`` runs it on each one, so a new
+plugin is checked without writing a test).  A component is built from its config
+defaults; one whose defaults cannot build against ``make_tiny_deps()`` declares an
+example node as a class attribute, ``contract_node: ClassVar[dict] = {"graph": "entity_kg"}``
+(config keys, plus ``inputs``/``outputs`` renames as in YAML).  There is no opt-out:
+a component that passes with neither fails the contract.
+
 torch is imported only when a fixture or helper needs it.
 """
 from __future__ import annotations
@@ -178,8 +195,9 @@ def check_component(cls: type, node: dict | None, deps, batch: dict) -> tuple[An
 
     `node` holds config keys (``type`` is ignored; ``inputs``/``outputs`` rename ports
     as in YAML).  An input port whose key is not in `batch` is filled with random
-    floats of shape (B, dim) when it declares a dim (the output of another slot);
-    optional inputs are left out.  Checks: every non-optional output port is
+    floats when it declares a dim (the output of another slot): shape (N, dim) for a
+    node table ``<role>_nodes`` (``entity_nodes``, ``word_nodes``; N = nodes of the
+    first graph of that role in `deps`), (B, dim) otherwise; optional inputs are left out.  Checks: every non-optional output port is
     produced, no undeclared output appears, tensors have the declared last dim and
     are finite, ``loss.*`` outputs are scalars and backpropagate.
     Returns ``(component, outputs)`` (outputs keyed by local port name).
@@ -203,7 +221,7 @@ def check_component(cls: type, node: dict | None, deps, batch: dict) -> tuple[An
             assert port.dim is not None, (
                 f"input port '{local}' reads '{key}', which is not in the batch and has no declared dim; "
                 f"put a value for '{key}' into the batch passed to check_component")
-            inputs[local] = torch.randn(size, port.dim)
+            inputs[local] = torch.randn(_rows(key, deps, size), port.dim)
     outputs = component(inputs)
     declared = component.output_ports()
     undeclared = sorted(set(outputs) - set(declared))
@@ -227,6 +245,55 @@ def check_component(cls: type, node: dict | None, deps, batch: dict) -> tuple[An
     if losses:
         torch.stack(losses).sum().backward()
     return component, outputs
+
+
+def contract_node(cls: type) -> dict:
+    """The node the contract builds `cls` from: a copy of its ``contract_node`` attribute, or ``{}`` (defaults)."""
+    import copy
+
+    node = getattr(cls, "contract_node", None)
+    if node is None:
+        return {}
+    assert isinstance(node, dict), f"{cls.__name__}.contract_node must be a dict (a YAML-like node), got {node!r}"
+    return copy.deepcopy(node)
+
+
+def check_contract(registry, name: str, deps=None, batch: dict | None = None) -> tuple[Any, dict]:
+    """:func:`check_component` on the registered model component `name`, built from :func:`contract_node`.
+
+    `deps` and `batch` default to :func:`make_tiny_deps` and :func:`make_tiny_batch`.
+    A failure is re-raised as an AssertionError that names the component, its plugin
+    and the node it was built from, and says how to declare ``contract_node``.
+    """
+    from crs.interfaces import MODEL_KINDS
+
+    info = registry.get(name)
+    assert info.kind in MODEL_KINDS, f"'{name}' is a {info.kind}; the contract covers {', '.join(MODEL_KINDS)}"
+    cls = info.cls
+    node = contract_node(cls)
+    deps = make_tiny_deps(f"model.{name}") if deps is None else deps
+    batch = make_tiny_batch(deps) if batch is None else batch
+    try:
+        return check_component(cls, node, deps, batch)
+    except Exception as err:
+        built_from = f"its contract_node {node}" if getattr(cls, "contract_node", None) is not None else \
+            "its config defaults (it declares no contract_node)"
+        raise AssertionError(
+            f"{info.kind} '{name}' (plugin {info.plugin}, {cls.__module__}.{cls.__qualname__}) fails the "
+            f"component contract, built from {built_from}: {type(err).__name__}: {err}\n"
+            "  fix: make it pass crs.testing.check_component on make_tiny_deps()/make_tiny_batch(); if it needs "
+            "config values to build there, declare them as `contract_node: ClassVar[dict] = {...}` on the class"
+        ) from err
+
+
+def _rows(key: str, deps, batch_size: int) -> int:
+    """Rows of a generated input: the node count for ``<role>_nodes`` keys, else one per sample."""
+    if key.endswith("_nodes"):
+        role = key[: -len("_nodes")]
+        for graph in (getattr(deps, "graphs", None) or {}).values():
+            if getattr(graph, "role", None) == role:
+                return graph.num_nodes
+    return batch_size
 
 
 def _batch_size(batch: dict) -> int:
