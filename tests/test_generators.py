@@ -5,7 +5,7 @@ import torch
 from crs.data.vocab import Vocabulary
 from crs.errors import ConfigError
 from crs.interfaces import BuildDeps, Generator
-from crs.plugins.baselines.transformer_generator import TransformerGenerator
+from crs.nn.seq2seq import TransformerGenerator
 
 WORDS = "i like sci fi movies have you seen @101 it is great what about comedy sure try @202 thanks".split()
 

@@ -7,7 +7,7 @@ import torch
 
 from crs.interfaces import BuildDeps, ItemIndex
 from crs.knowledge import ENTITY, WORD, IndexedGraph, KnowledgeGraph
-from crs.plugins.kgsf.attention import SelfAttentivePool
+from crs.nn import SelfAttentivePool
 from crs.plugins.kgsf.mim import MutualInformationObjective
 from crs.plugins.kgsf.recommender import DotProductRecommender
 from crs.plugins.kgsf.rgcn import EntityGraphRGCN

@@ -1,5 +1,16 @@
-"""Neural building blocks shared by model components (Transformer layers, decoding helpers)."""
+"""Neural building blocks shared by model components: pieces two papers use live here, not in a plugin.
+
+- :mod:`crs.nn.transformer`: masks, positions, encoder, decoder with a chain of memories;
+- :mod:`crs.nn.decoding`: teacher-forcing NLL (optionally token-weighted) and greedy decoding;
+- :mod:`crs.nn.pooling`: self-attentive pooling and node gathering;
+- :mod:`crs.nn.losses`: the recommendation cross-entropy;
+- :mod:`crs.nn.seq2seq`: the Transformer encoder-decoder generator that paper decoders subclass
+  (not re-exported here: it is a component, importing ``crs.interfaces``);
+- :mod:`crs.nn.embedding`: the ``token_embedding`` shared module (one matrix for several slots).
+"""
 from .decoding import greedy_decode, shift_targets, target_nll, token_nll
+from .losses import rec_cross_entropy
+from .pooling import SelfAttentivePool, gather_nodes
 from .transformer import (
     DecoderLayer,
     EncoderLayer,
@@ -15,7 +26,7 @@ from .transformer import (
 )
 
 __all__ = [
-    "DecoderLayer", "EncoderLayer", "Memory", "ProjectedMemory", "SafeAttention", "TransformerDecoder", "TransformerEncoder",
-    "causal_mask", "greedy_decode", "keep_last", "padding_mask", "shift_targets", "sinusoidal_positions",
-    "target_nll", "token_nll",
+    "DecoderLayer", "EncoderLayer", "Memory", "ProjectedMemory", "SafeAttention", "SelfAttentivePool",
+    "TransformerDecoder", "TransformerEncoder", "causal_mask", "gather_nodes", "greedy_decode", "keep_last",
+    "padding_mask", "rec_cross_entropy", "shift_targets", "sinusoidal_positions", "target_nll", "token_nll",
 ]

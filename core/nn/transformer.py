@@ -23,7 +23,7 @@ is what "no information from this source" should mean.  A memory with zero lengt
 from __future__ import annotations
 
 import math
-from typing import Mapping, NamedTuple, Sequence
+from typing import Any, Mapping, NamedTuple, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -152,8 +152,15 @@ class EncoderLayer(nn.Module):
         return x * mask.unsqueeze(-1)  # keep padded positions at exactly zero
 
 
-def _embedding(vocab_or_embedding: int | nn.Embedding, dim: int) -> nn.Embedding:
-    if isinstance(vocab_or_embedding, nn.Embedding):
+def _embedding(vocab_or_embedding: int | nn.Embedding | Any, dim: int) -> nn.Embedding | Any:
+    """A new (vocab, dim) embedding, or the given one checked for `dim`.
+
+    "Given" is an ``nn.Embedding`` (registered by the module holding it) or anything
+    with ``embedding_dim``, ``weight`` and a call on token ids, such as a
+    :class:`crs.shared.SharedRef` to a shared token embedding (held as a plain
+    attribute, so the pipeline rather than this module owns its parameters).
+    """
+    if hasattr(vocab_or_embedding, "embedding_dim"):
         if vocab_or_embedding.embedding_dim != dim:
             raise ValueError(f"embedding dim {vocab_or_embedding.embedding_dim} != model dim {dim}")
         return vocab_or_embedding

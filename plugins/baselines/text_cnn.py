@@ -13,6 +13,7 @@ from torch import nn
 
 from crs.errors import ConfigError
 from crs.interfaces import BuildDeps, Port, Recommender
+from crs.nn import rec_cross_entropy
 
 
 class TextCNNRecommender(Recommender):
@@ -68,10 +69,7 @@ class TextCNNRecommender(Recommender):
     def forward(self, inputs: dict) -> dict:
         scores = self.output(self.encode(inputs["tokens"], inputs["mask"].bool()))
         out = {"scores": scores}
-        target = inputs.get("target")
-        if target is not None:
-            target = target.long()
-            # a batch without any target (-1 everywhere) still yields a differentiable zero
-            out["loss"] = (nn.functional.cross_entropy(scores, target, ignore_index=-1)
-                           if bool((target >= 0).any()) else scores.sum() * 0.0)
+        loss = rec_cross_entropy(scores, inputs.get("target"))
+        if loss is not None:
+            out["loss"] = loss
         return out

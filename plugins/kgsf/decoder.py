@@ -38,7 +38,7 @@ from torch import nn
 from crs.errors import ConfigError
 from crs.interfaces import BuildDeps, Port
 from crs.nn import Memory
-from crs.plugins.baselines.transformer_generator import TransformerGenerator
+from crs.nn.seq2seq import TransformerGenerator
 
 from .copy import CopyMixture, entity_node_tokens, word_node_tokens
 
@@ -115,14 +115,14 @@ class KGSFDecoder(TransformerGenerator):
 
     def token_log_probs(self, hidden: torch.Tensor, memories: dict[str, Memory],
                         inputs: dict[str, Any]) -> torch.Tensor:
-        vocab_log_probs = super().token_log_probs(hidden, memories, inputs)
+        vocab_log_probs = self.vocab_log_probs(hidden, inputs)  # Pr1, through the one logits hook
         if self.copy is None:
             return vocab_log_probs
         return self.copy(hidden, vocab_log_probs, *self._copy_nodes(memories, inputs))
 
     def target_log_probs(self, hidden: torch.Tensor, memories: dict[str, Memory], inputs: dict[str, Any],
                          targets: torch.Tensor) -> torch.Tensor:
-        vocab_log_probs = super().token_log_probs(hidden, memories, inputs)
+        vocab_log_probs = self.vocab_log_probs(hidden, inputs)
         target_vocab = vocab_log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
         if self.copy is None:
             return target_vocab

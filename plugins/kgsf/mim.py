@@ -23,10 +23,9 @@ from torch import nn
 
 from crs.errors import ConfigError
 from crs.interfaces import BuildDeps, FusionObjective, Port
+from crs.nn import SelfAttentivePool, gather_nodes
 
-from .attention import SelfAttentivePool
 from .graph_common import check_positive
-from .user_encoders import gather_nodes
 
 
 class MutualInformationObjective(FusionObjective):

@@ -19,25 +19,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from crs.errors import check_choice
 from crs.interfaces import BuildDeps, Port, Recommender
+from crs.nn import rec_cross_entropy
 
 from .graph_common import check_positive
 
 BIAS_INITS = ("zero", "popularity")
-
-
-def rec_cross_entropy(scores: torch.Tensor, target: torch.Tensor | None) -> torch.Tensor | None:
-    """Mean CE over samples whose target is >= 0; None without targets; 0 (with grad) if none is set."""
-    if target is None:
-        return None
-    target = target.long()
-    if not bool((target >= 0).any()):
-        return scores.sum() * 0.0  # keeps the graph (and the stage's backward) valid
-    return F.cross_entropy(scores, target, ignore_index=-1)
 
 
 class DotProductRecommender(Recommender):

@@ -16,14 +16,9 @@ import torch
 from torch import nn
 
 from crs.interfaces import BuildDeps, Port, UserEncoder
+from crs.nn import SelfAttentivePool, gather_nodes
 
-from .attention import SelfAttentivePool
 from .graph_common import check_positive
-
-
-def gather_nodes(nodes: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """Rows of `nodes` (N, d) at `index` (B, L) -> (B, L, d)."""
-    return nodes.index_select(0, index.reshape(-1)).view(*index.shape, nodes.shape[-1])
 
 
 class SelfAttentionPoolEncoder(UserEncoder):

@@ -16,7 +16,7 @@ from crs.data.build import STOPWORDS
 from crs.data.vocab import tokenize
 from crs.interfaces import BuildDeps, EntityLinker
 from crs.knowledge import PAD_NODE, IndexedGraph
-from crs.plugins.datasets.labels import uri_label
+from crs.labels import uri_label
 
 _KIND_PREFIX = re.compile(r"^[a-z_]+:(?!//)")  # "movie:Heat (1995)" -> "Heat (1995)"; not "http://"
 _UNLINKED_ITEM = "item:"  # crs.data.prepare names unlinked items "item:<id>": no words to match

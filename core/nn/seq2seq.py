@@ -1,8 +1,13 @@
-"""The plain Transformer encoder-decoder reply generator (KGSF's "Transformer" baseline).
+"""The Transformer encoder-decoder reply generator, and the base class of every generator built on it.
 
-Type ``transformer`` (generator kind).  The context tokens are encoded by a standard
-Transformer encoder; the decoder attends to the encoder states only.  Input embedding,
-decoder embedding and (by default) the output projection share one matrix.
+Registered as type ``transformer`` (generator kind) by the baselines plugin (KGSF's
+"Transformer" baseline); paper plugins subclass it (KGSF's KG-enhanced decoder, and
+decoders of later papers), which is why it lives in core: a plugin imports ``crs``,
+never another plugin.  The context tokens are encoded by a standard Transformer
+encoder; the decoder attends to the encoder states only.  Input embedding, decoder
+embedding and (by default) the output projection share one matrix; with
+``embedding: <name>`` that matrix is the pipeline's shared module ``shared.<name>``
+(e.g. a ``token_embedding`` several slots use) instead of one of its own.
 
 Ports (local name -> default key):
 
@@ -19,22 +24,31 @@ nll_count          nll_count                        float, number of non-pad tar
 logits             gen_logits                       (B, R-1, V) log-probabilities of each target
 =================  ===============================  ==========================================
 
-Subclasses (KGSF's KG-enhanced decoder) change what the decoder attends to
-(:meth:`memory_sources`, :meth:`encode`) and how hidden states become token
-probabilities (:meth:`token_log_probs`); teacher forcing and greedy decoding are shared.
+Subclass hooks; teacher forcing and greedy decoding are shared and call them:
+
+- :meth:`memory_sources`, :meth:`encode`: what the decoder layers attend to;
+- :meth:`vocab_logits`: **the one place** decoder states become vocabulary logits.
+  The training loss (full and target-only paths) and greedy decoding both go through
+  it, so a vocabulary bias (e.g. a style-aware bias) cannot change one without the other;
+- :meth:`token_log_probs` / :meth:`target_log_probs`: the output distribution built on
+  :meth:`vocab_log_probs` (KGSF mixes in a copy distribution here); override both
+  together, the second being the first gathered at the targets;
+- :meth:`target_weights`: optional per-target loss weights (C2-CRS's instance
+  weighting); perplexity statistics stay unweighted.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from crs.errors import ConfigError
-from crs.interfaces import BuildDeps, Generator, Port
-from crs.nn import Memory, TransformerDecoder, TransformerEncoder, greedy_decode, shift_targets, target_nll, token_nll
+from ..errors import ConfigError
+from ..interfaces import BuildDeps, Generator, Port
+from .decoding import greedy_decode, shift_targets, target_nll, token_nll
+from .transformer import Memory, TransformerDecoder, TransformerEncoder
 
 
 class TransformerGenerator(Generator):
@@ -53,6 +67,8 @@ class TransformerGenerator(Generator):
         max_len: int = 256  # context tokens kept (the last ones) by the encoder
         share_embeddings: bool = True  # tie the output projection to the token embedding
         label_smoothing: float = 0.0
+        # name of a `shared:` token embedding (e.g. one the context encoder also reads); None = own one
+        embedding: Optional[str] = None
 
     def __init__(self, config: Any, deps: BuildDeps):
         super().__init__(config, deps)
@@ -61,16 +77,38 @@ class TransformerGenerator(Generator):
         self.vocab_size = len(vocab)
         self.bos, self.eos, self.pad = vocab.bos, vocab.eos, vocab.pad
         dim = config.dim
-        self.embedding = nn.Embedding(self.vocab_size, dim, padding_idx=self.pad)
-        nn.init.normal_(self.embedding.weight, mean=0.0, std=dim ** -0.5)
-        with torch.no_grad():
-            self.embedding.weight[self.pad].zero_()
+        if config.embedding is None:
+            self.embedding = nn.Embedding(self.vocab_size, dim, padding_idx=self.pad)
+            nn.init.normal_(self.embedding.weight, mean=0.0, std=dim ** -0.5)
+            with torch.no_grad():
+                self.embedding.weight[self.pad].zero_()
+        else:  # a SharedRef: the pipeline owns the matrix, this slot only uses it
+            self.embedding = self._shared_embedding(deps, config.embedding)
         self.encoder = TransformerEncoder(self.embedding, dim, config.heads, config.layers, config.ffn_dim,
                                           config.dropout, config.max_len, config.attention_dropout)
         self.decoder = TransformerDecoder(self.embedding, dim, config.heads, config.layers, config.ffn_dim,
                                           config.dropout, config.max_len, sources=self.memory_sources(),
                                           attention_dropout=config.attention_dropout)
         self.output = None if config.share_embeddings else nn.Linear(dim, self.vocab_size)
+
+    def _shared_embedding(self, deps: BuildDeps, name: str) -> Any:
+        """The `shared:` module `name`, checked to be a (vocab, dim) token embedding."""
+        embedding = deps.shared_module(name, "embedding")
+        key = f"{self.path}.embedding"
+        weight = getattr(embedding, "weight", None)
+        if not hasattr(embedding, "embedding_dim") or not torch.is_tensor(weight) or weight.dim() != 2:
+            raise ConfigError(key, f"shared module '{name}' ({type(embedding.module).__name__}) is not a token "
+                                   f"embedding (it needs `weight` (vocab, dim) and `embedding_dim`)",
+                              f"point `embedding` at a `type: token_embedding` module under `shared:`")
+        if embedding.embedding_dim != self.config.dim:
+            raise ConfigError(key, f"shared embedding '{name}' has dim {embedding.embedding_dim}, "
+                                   f"but this generator's dim is {self.config.dim}",
+                              f"set shared.{name}.dim: {self.config.dim} or {self.path}.dim: {embedding.embedding_dim}")
+        if weight.shape[0] != self.vocab_size:
+            raise ConfigError(key, f"shared embedding '{name}' has {weight.shape[0]} rows, but the pipeline "
+                                   f"vocabulary has {self.vocab_size} tokens",
+                              f"use a token embedding built for this pipeline's vocabulary")
+        return embedding
 
     def _check_config(self, config: Any) -> None:
         for key in ("dim", "heads", "layers", "ffn_dim", "max_len"):
@@ -114,20 +152,39 @@ class TransformerGenerator(Generator):
         mask = inputs.get("tokens_mask")
         return {"encoder": self.encoder(tokens, None if mask is None else mask.bool())}
 
+    def vocab_logits(self, hidden: torch.Tensor, inputs: dict[str, Any]) -> torch.Tensor:
+        """Decoder states (B, T, D) -> vocabulary logits (B, T, V): the one logits hook.
+
+        Every path to a token probability calls this: the teacher-forcing loss (the full
+        distribution and the target-only fast path) and each greedy decoding step (then
+        T = 1).  Override it to change the logits, e.g. add a bias over the vocabulary
+        computed from ``inputs`` (the slot's local input ports, whole batch).
+        """
+        if self.output is not None:
+            return self.output(hidden)
+        return hidden @ self.embedding.weight.t()
+
+    def vocab_log_probs(self, hidden: torch.Tensor, inputs: dict[str, Any]) -> torch.Tensor:
+        """log softmax of :meth:`vocab_logits` (B, T, V): the plain vocabulary distribution."""
+        return F.log_softmax(self.vocab_logits(hidden, inputs), dim=-1)
+
     def token_log_probs(self, hidden: torch.Tensor, memories: dict[str, Memory],
                         inputs: dict[str, Any]) -> torch.Tensor:
-        """Decoder states (B, T, D) -> log-probabilities over the vocabulary (B, T, V)."""
-        return F.log_softmax(self.vocab_logits(hidden), dim=-1)
+        """Decoder states (B, T, D) -> the output distribution's log-probabilities (B, T, V)."""
+        return self.vocab_log_probs(hidden, inputs)
 
     def target_log_probs(self, hidden: torch.Tensor, memories: dict[str, Memory], inputs: dict[str, Any],
                          targets: torch.Tensor) -> torch.Tensor:
         """log Pr(target) (B, T); equal to gathering :meth:`token_log_probs` at the targets."""
         return self.token_log_probs(hidden, memories, inputs).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
 
-    def vocab_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        if self.output is not None:
-            return self.output(hidden)
-        return hidden @ self.embedding.weight.t()
+    def target_weights(self, targets: torch.Tensor, inputs: dict[str, Any]) -> torch.Tensor | None:
+        """Per-target loss weights (B, T) for ``loss.gen``, or None (all 1, the default).
+
+        See :func:`crs.nn.token_nll`: the loss becomes sum w_t * nll_t / #targets, while
+        ``nll_sum``/``nll_count`` stay unweighted for perplexity.
+        """
+        return None
 
     # ------------------------------------------------------------- running
     def forward(self, inputs: dict[str, Any]) -> dict[str, Any]:
@@ -137,13 +194,15 @@ class TransformerGenerator(Generator):
         memories = self.encode(inputs)
         decoder_input, targets, target_mask = shift_targets(response, inputs.get("response_mask"))
         hidden = self.decoder(decoder_input, memories)
+        weights = self.target_weights(targets, inputs)
         if torch.is_grad_enabled() and not self.config.label_smoothing:
             # Training needs only the targets' log-probabilities; subclasses (the copy mixture)
             # then avoid building and back-propagating through several (B, T, V) tensors.
-            stats = target_nll(self.target_log_probs(hidden, memories, inputs, targets), target_mask)
+            stats = target_nll(self.target_log_probs(hidden, memories, inputs, targets), target_mask,
+                               token_weights=weights)
             return {"loss.gen": stats["loss"], "nll_sum": stats["nll_sum"], "nll_count": stats["nll_count"]}
         log_probs = self.token_log_probs(hidden, memories, inputs)
-        stats = token_nll(log_probs, targets, target_mask, self.config.label_smoothing)
+        stats = token_nll(log_probs, targets, target_mask, self.config.label_smoothing, weights)
         return {"loss.gen": stats["loss"], "nll_sum": stats["nll_sum"], "nll_count": stats["nll_count"],
                 "logits": log_probs}
 

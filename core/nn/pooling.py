@@ -1,14 +1,21 @@
-"""Self-attentive pooling (KGSF Eq. 6), reusable by any component.
+"""Pooling over padded sets: self-attentive pooling (KGSF Eq. 6, C2-CRS Eq. 2) and node gathering.
 
     alpha = softmax_i( b^T tanh(W_alpha v_i) ),   pooled = sum_i alpha_i v_i
 
 over the unmasked rows of a padded (B, L, dim) tensor.  A row whose positions are
 all masked (e.g. a context that mentions no entity) pools to the zero vector, not NaN.
+Several papers pool this way (KGSF's user and MIM super-token, C2-CRS's context,
+entity and review views), so it lives here rather than in one paper's plugin.
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
+
+
+def gather_nodes(nodes: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Rows of `nodes` (N, d) at `index` (B, L) -> (B, L, d), e.g. the graph nodes a context mentions."""
+    return nodes.index_select(0, index.reshape(-1)).view(*index.shape, nodes.shape[-1])
 
 
 class SelfAttentivePool(nn.Module):
