@@ -1,8 +1,8 @@
-"""The ``crs`` command (``crs run|plugins|components ...``) and ``crs-run`` (= ``crs run``).
+"""The ``crs`` command (``crs run|eval|plugins|components|data|compare ...``) and ``crs-run`` (= ``crs run``).
 
 Each subcommand is a :class:`Subcommand` in :data:`SUBCOMMANDS`: a function adding
 its arguments to an argparse parser and a handler returning the exit code.  Adding a
-command (``chat``, ``eval``, ``data``) is one entry; handlers import heavy modules
+command (``chat``, ``serve``) is one entry; handlers import heavy modules
 inside themselves so that ``crs --help`` stays fast.
 
 Errors users can cause (:class:`crs.errors.CRSError`) print as ``error: <message>``
@@ -50,6 +50,26 @@ def _run(args: argparse.Namespace) -> int:
     code = run(config, overrides, resume=args.resume, print_config=args.print_config, run_dir=args.run_dir,
                progress=not args.no_progress)
     return code if isinstance(code, int) else 0
+
+
+# -------------------------------------------------------------------- eval
+def _configure_eval(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_dir", metavar="RUN_DIR", help="a finished run's folder (holds config.yaml and "
+                                                           "checkpoint.pt)")
+    parser.add_argument("overrides", nargs="*", metavar="evaluation.key=value",
+                        help="evaluation overrides only, e.g. 'evaluation.protocols=[{type: fresh}]' "
+                             "evaluation.max_samples=50")
+    parser.add_argument("--split", default=None, help="split to evaluate (default: the run's evaluation.split)")
+    parser.add_argument("--out", default=None, metavar="DIR", help="where report.json, rankings.jsonl and "
+                                                                   "generations.jsonl go (default: RUN_DIR/eval/SPLIT)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from .runner import evaluate_run  # torch again: imported only when evaluating
+
+    return evaluate_run(args.run_dir, list(args.overrides), split=args.split, out=args.out,
+                        progress=not args.no_progress)
 
 
 # ----------------------------------------------------------------- plugins
@@ -196,6 +216,8 @@ def _compare(args: argparse.Namespace) -> int:
 
 SUBCOMMANDS: dict[str, Subcommand] = {
     "run": Subcommand("train and evaluate a pipeline from a YAML run file", _configure_run, _run),
+    "eval": Subcommand("evaluate a finished run's pipeline (other splits, protocols, metrics) without training",
+                       _configure_eval, _eval),
     "plugins": Subcommand("list plugins, their versions and what they register", _configure_plugins, _plugins),
     "components": Subcommand("list components with their config keys", _configure_components, _components),
     "data": Subcommand("download public corpora or write the demo corpus to files", _configure_data, _data),
@@ -224,8 +246,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `crs`; returns the exit code."""
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
-    if extra:  # `run` overrides may come after options: `crs run x.yaml --resume a=1`
-        if args.command == "run" and all(("=" in e or e.startswith("~")) and not e.startswith("-") for e in extra):
+    if extra:  # overrides may come after options: `crs run x.yaml --resume a=1`, `crs eval RUN --split valid a=1`
+        if args.command in ("run", "eval") and all(("=" in e or e.startswith("~")) and not e.startswith("-") for e in extra):
             args.overrides = [*args.overrides, *extra]
         else:
             args._parser.error(f"unrecognized arguments: {' '.join(extra)}")

@@ -17,6 +17,11 @@
 ``rankings.jsonl`` beside it holds one line per scored recommendation sample and
 protocol, ``{"protocol", "conv_id", "turn", "target", "rank", "top"}``: the
 per-sample ranks behind the averages, which ``crs compare`` pairs across runs.
+
+``generations.jsonl`` (also written on every evaluation, empty when nothing was
+generated) holds one line per generated reply, ``{"conv_id", "turn", "context",
+"reference", "generated", "recommended", "items_in_reply"}`` (``context`` a list of
+turn texts, the last two lists item ids): what error analysis and human evaluation read.
 """
 from __future__ import annotations
 
@@ -24,12 +29,13 @@ import datetime as _dt
 import json
 import math
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 from ..io import atomic_write_json, atomic_writer
 
 REPORT_NAME = "report.json"
 RANKINGS_NAME = "rankings.jsonl"
+GENERATIONS_NAME = "generations.jsonl"
 FORMAT = "crs-report/1"
 
 DEFINITIONS = {
@@ -112,6 +118,20 @@ def write_rankings(run_dir: str | Path, rankings: Mapping[str, list[dict[str, An
         for protocol, records in rankings.items():
             for record in records:
                 handle.write(json.dumps({"protocol": protocol, **_json_safe(record)}) + "\n")
+    return path
+
+
+def write_generations(run_dir: str | Path, generations: Iterable[Mapping[str, Any]]) -> Path:
+    """Write ``<run_dir>/generations.jsonl`` atomically, one line per generated sample, and return its path.
+
+    Records are written as given, in order (see the module docstring for their keys), made
+    JSON-safe as in :func:`write_report`.  An empty iterable still writes an empty file, so
+    that a stale file from an earlier evaluation of the same folder never survives.
+    """
+    path = Path(run_dir) / GENERATIONS_NAME
+    with atomic_writer(path, "w", encoding="utf-8") as handle:
+        for record in generations:
+            handle.write(json.dumps(_json_safe(record), ensure_ascii=False) + "\n")
     return path
 
 
