@@ -247,7 +247,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra:  # overrides may come after options: `crs run x.yaml --resume a=1`, `crs eval RUN --split valid a=1`
-        if args.command in ("run", "eval") and all(("=" in e or e.startswith("~")) and not e.startswith("-") for e in extra):
+        overrides_only = all(("=" in e or e.startswith("~")) and not e.startswith("-") for e in extra)
+        if args.command in ("run", "eval") and overrides_only:
             args.overrides = [*args.overrides, *extra]
         else:
             args._parser.error(f"unrecognized arguments: {' '.join(extra)}")

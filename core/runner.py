@@ -89,7 +89,8 @@ def run(config_path: str | None, overrides: list[str], *, resume: bool = False, 
         "history": history,
     }
     path = write_evaluation(out, results, resolved, extra)
-    print(f"[crs] report: {path}  (train {train_s:.1f}s, evaluate {eval_s:.1f}s, peak RSS {extra['peak_rss_mb']:.0f} MB)")
+    print(f"[crs] report: {path}  (train {train_s:.1f}s, evaluate {eval_s:.1f}s, "
+          f"peak RSS {extra['peak_rss_mb']:.0f} MB)")
     return 0
 
 

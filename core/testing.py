@@ -197,9 +197,10 @@ def check_component(cls: type, node: dict | None, deps, batch: dict) -> tuple[An
     as in YAML).  An input port whose key is not in `batch` is filled with random
     floats when it declares a dim (the output of another slot): shape (N, dim) for a
     node table ``<role>_nodes`` (``entity_nodes``, ``word_nodes``; N = nodes of the
-    first graph of that role in `deps`), (B, dim) otherwise; optional inputs are left out.  Checks: every non-optional output port is
-    produced, no undeclared output appears, tensors have the declared last dim and
-    are finite, ``loss.*`` outputs are scalars and backpropagate.
+    first graph of that role in `deps`), (B, dim) otherwise; optional inputs are left out.
+    Checks: every non-optional output port is produced, no undeclared output appears,
+    tensors have the declared last dim and are finite, ``loss.*`` outputs are scalars
+    and backpropagate.
     Returns ``(component, outputs)`` (outputs keyed by local port name).
     """
     import torch
