@@ -67,7 +67,7 @@ def crs_register_featurizers(register: Register) -> None:
 
 @hookspec
 def crs_register_shared_modules(register: Register) -> None:
-    """Register shared modules (:class:`crs.shared.SharedModule`): built once under ``shared:`` and used by several slots.
+    """Register shared modules (:class:`crs.shared.SharedModule`): built once under ``shared:``, used by several slots.
 
     :param register: call ``register(name, cls)`` once per shared module.
     Called once when the registry is filled.
@@ -85,7 +85,7 @@ def crs_register_context_encoders(register: Register) -> None:
 
 @hookspec
 def crs_register_external_encoders(register: Register) -> None:
-    """Register external-data encoders (:class:`crs.interfaces.ExternalEncoder`): KGs, reviews, metadata -> node/item vectors.
+    """Register external-data encoders (:class:`crs.interfaces.ExternalEncoder`): knowledge -> node/item vectors.
 
     :param register: call ``register(name, cls)`` once per encoder.
     Called once when the registry is filled.

@@ -23,6 +23,7 @@ from .errors import ConfigError, PluginError, UnknownComponentError, did_you_mea
 from .hookspecs import KINDS
 from .kinds import MODEL_KINDS as _MODEL_KINDS  # from the kind table; importing it loads no torch
 from .kinds import base_class
+
 PORT_KEYS = ("inputs", "outputs")
 
 

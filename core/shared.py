@@ -109,3 +109,19 @@ def borrowed(module: nn.Module) -> dict[str, nn.Module]:
             if isinstance(value, SharedRef):
                 found[value.name] = value.module
     return found
+
+
+def build_shared(nodes: dict[str, Any], registry: Any, deps: BuildDeps) -> dict[str, SharedModule]:
+    """Build the `shared:` section: each node with `deps` (its path set to ``shared.<name>``).
+
+    Modules are built in the order written, before any slot, so a slot's constructor
+    can hold them.  A name must be usable in ``train: [shared.<name>]`` and in
+    parameter names: letters, digits and '_'.
+    """
+    built: dict[str, SharedModule] = {}
+    for name, node in nodes.items():
+        if not (isinstance(name, str) and name.replace("_", "").isalnum()):
+            raise ConfigError(f"shared.{name}", f"'{name}' is not a valid shared-module name",
+                              "use letters, digits and '_' (it becomes part of `shared.<name>` parameter names)")
+        built[name] = registry.build("shared_module", node, f"shared.{name}", deps)
+    return built

@@ -1,13 +1,13 @@
 """The generator's hooks: one logits hook for loss and decoding, and token-weighted NLL."""
 import pytest
 import torch
+from test_generators import CONTEXTS, encode_batch, make_generator
+from test_kgsf_decoder import make_decoder, make_deps, make_inputs
 
 from crs.interfaces import BuildDeps
 from crs.nn import target_nll, token_nll
 from crs.nn.seq2seq import TransformerGenerator
 from crs.plugins.kgsf.decoder import KGSFDecoder
-from test_generators import CONTEXTS, encode_batch, make_generator
-from test_kgsf_decoder import make_decoder, make_deps, make_inputs
 
 BIAS = 50.0
 

@@ -8,10 +8,10 @@ import torch
 from crs.interfaces import BuildDeps, ItemIndex
 from crs.knowledge import ENTITY, WORD, IndexedGraph, KnowledgeGraph
 from crs.nn import SelfAttentivePool
+from crs.plugins.kgsf.gcn import WordGraphGCN
 from crs.plugins.kgsf.mim import MutualInformationObjective
 from crs.plugins.kgsf.recommender import DotProductRecommender
 from crs.plugins.kgsf.rgcn import EntityGraphRGCN
-from crs.plugins.kgsf.gcn import WordGraphGCN
 from crs.plugins.kgsf.user_encoders import GateUserEncoder, SelfAttentionPoolEncoder
 
 DIM = 8

@@ -39,7 +39,8 @@ def token_nll(log_probs: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor
 
 
 def target_nll(target_log_probs: torch.Tensor, mask: torch.Tensor, label_smoothing: float = 0.0,
-               smooth: torch.Tensor | None = None, token_weights: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+               smooth: torch.Tensor | None = None,
+               token_weights: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """As :func:`token_nll`, from the targets' log-probabilities (B, T) alone.
 
     ``smooth`` is the per-position mean negative log-probability over the vocabulary,

@@ -48,6 +48,7 @@ from torch import nn
 from ..errors import ConfigError
 from ..interfaces import BuildDeps, Generator, Port
 from .decoding import greedy_decode, shift_targets, target_nll, token_nll
+from .embedding import use_token_embedding
 from .transformer import Memory, TransformerDecoder, TransformerEncoder
 
 
@@ -83,32 +84,13 @@ class TransformerGenerator(Generator):
             with torch.no_grad():
                 self.embedding.weight[self.pad].zero_()
         else:  # a SharedRef: the pipeline owns the matrix, this slot only uses it
-            self.embedding = self._shared_embedding(deps, config.embedding)
+            self.embedding = use_token_embedding(deps, config.embedding, dim)
         self.encoder = TransformerEncoder(self.embedding, dim, config.heads, config.layers, config.ffn_dim,
                                           config.dropout, config.max_len, config.attention_dropout)
         self.decoder = TransformerDecoder(self.embedding, dim, config.heads, config.layers, config.ffn_dim,
                                           config.dropout, config.max_len, sources=self.memory_sources(),
                                           attention_dropout=config.attention_dropout)
         self.output = None if config.share_embeddings else nn.Linear(dim, self.vocab_size)
-
-    def _shared_embedding(self, deps: BuildDeps, name: str) -> Any:
-        """The `shared:` module `name`, checked to be a (vocab, dim) token embedding."""
-        embedding = deps.shared_module(name, "embedding")
-        key = f"{self.path}.embedding"
-        weight = getattr(embedding, "weight", None)
-        if not hasattr(embedding, "embedding_dim") or not torch.is_tensor(weight) or weight.dim() != 2:
-            raise ConfigError(key, f"shared module '{name}' ({type(embedding.module).__name__}) is not a token "
-                                   f"embedding (it needs `weight` (vocab, dim) and `embedding_dim`)",
-                              f"point `embedding` at a `type: token_embedding` module under `shared:`")
-        if embedding.embedding_dim != self.config.dim:
-            raise ConfigError(key, f"shared embedding '{name}' has dim {embedding.embedding_dim}, "
-                                   f"but this generator's dim is {self.config.dim}",
-                              f"set shared.{name}.dim: {self.config.dim} or {self.path}.dim: {embedding.embedding_dim}")
-        if weight.shape[0] != self.vocab_size:
-            raise ConfigError(key, f"shared embedding '{name}' has {weight.shape[0]} rows, but the pipeline "
-                                   f"vocabulary has {self.vocab_size} tokens",
-                              f"use a token embedding built for this pipeline's vocabulary")
-        return embedding
 
     def _check_config(self, config: Any) -> None:
         for key in ("dim", "heads", "layers", "ffn_dim", "max_len"):

@@ -16,7 +16,8 @@ Conventions (shared by every generator in the project):
 Rows whose memory is entirely padding (e.g. a context with no entities) would make a
 softmax over nothing, i.e. NaN.  :class:`SafeAttention` handles them by letting such a
 row attend to slot 0 (so the softmax is defined) and then *zeroing* the attention
-output of that row (after the output projection, so not even its bias leaks in): the residual connection passes the input through unchanged, which
+output of that row (after the output projection, so not even its bias leaks in): the
+residual connection passes the input through unchanged, which
 is what "no information from this source" should mean.  A memory with zero length
 (M == 0) gives a zero output without running attention at all.
 """

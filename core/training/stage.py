@@ -66,8 +66,12 @@ def resolve_objectives(objectives: dict[str, float], provided: set[str], path: s
 
 
 def resolve_parameters(model: Any, train: list[str], path: str) -> list[nn.Parameter]:
-    """The parameters of the slots named in `train` (``*`` = all); unknown slot names raise."""
-    slot_names = list(model.slots.keys())
+    """The parameters of the slots named in `train` (``*`` = all); unknown slot names raise.
+
+    ``shared.<name>`` names a module of the pipeline's ``shared:`` section: naming a slot
+    trains only that slot's own parameters, so a shared module is trained where listed.
+    """
+    slot_names = list(model.slots.keys()) + [f"shared.{name}" for name in getattr(model, "shared", {})]
     names = [str(name) for name in (train or [])]
     if not names:
         raise ConfigError(f"{path}.train", "no slot is listed, so the stage would train nothing",

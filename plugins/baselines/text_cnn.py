@@ -2,11 +2,14 @@
 
 Token embeddings of batch.context_tokens -> 1-D convolutions of several widths (ReLU)
 -> max-pool over time -> dropout -> a linear layer over items.  Trained with softmax
-cross-entropy (loss.rec) like the KGSF recommender.
+cross-entropy (loss.rec) like the KGSF recommender.  ``embedding: <name>`` reads the
+token embeddings from the pipeline's ``shared:`` module of that name (e.g. the one the
+generator uses) instead of an embedding of its own.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Optional
 
 import torch
 from torch import nn
@@ -14,6 +17,7 @@ from torch import nn
 from crs.errors import ConfigError
 from crs.interfaces import BuildDeps, Port, Recommender
 from crs.nn import rec_cross_entropy
+from crs.nn.embedding import use_token_embedding
 
 
 class TextCNNRecommender(Recommender):
@@ -25,6 +29,7 @@ class TextCNNRecommender(Recommender):
         filters: int = 128  # per width
         widths: list[int] = field(default_factory=lambda: [2, 3, 4])
         dropout: float = 0.1
+        embedding: Optional[str] = None  # name of a `shared:` token embedding (dim = embedding_dim); None = own
 
     def __init__(self, config: Config, deps: BuildDeps):
         super().__init__(config, deps)
@@ -40,7 +45,10 @@ class TextCNNRecommender(Recommender):
             raise ConfigError(f"{self.path}.dropout", f"must be in [0, 1), got {config.dropout}")
         self.n_items = len(items)
         self.max_width = max(config.widths)
-        self.embeddings = nn.Embedding(len(vocab), config.embedding_dim, padding_idx=0)
+        if config.embedding is None:
+            self.embeddings = nn.Embedding(len(vocab), config.embedding_dim, padding_idx=0)
+        else:  # a SharedRef: the pipeline owns the matrix
+            self.embeddings = use_token_embedding(deps, config.embedding, config.embedding_dim)
         self.convs = nn.ModuleList(nn.Conv1d(config.embedding_dim, config.filters, w) for w in config.widths)
         self.dropout = nn.Dropout(config.dropout)
         self.output = nn.Linear(config.filters * len(config.widths), self.n_items)

@@ -20,8 +20,14 @@ from torch import nn
 
 from crs.interfaces import BuildDeps, ExternalEncoder, Port
 
-from .graph_common import (DeviceGraphCache, activation, check_dropout, check_non_negative, check_positive,
-                           node_embeddings)
+from .graph_common import (
+    DeviceGraphCache,
+    activation,
+    check_dropout,
+    check_non_negative,
+    check_positive,
+    node_embeddings,
+)
 
 
 def undirected_with_self_loops(src: np.ndarray, dst: np.ndarray, num_nodes: int) -> tuple[np.ndarray, np.ndarray]:

@@ -49,7 +49,8 @@ class MutualInformationObjective(FusionObjective):
         nn.init.xavier_uniform_(self.transform.weight)
         # without an item index (e.g. a pretraining-only pipeline) only context entities are positives
         items = deps.items
-        nodes = torch.zeros(0, dtype=torch.long) if items is None else torch.as_tensor(items.entity_nodes).long().clone()
+        nodes = (torch.zeros(0, dtype=torch.long) if items is None
+                 else torch.as_tensor(items.entity_nodes).long().clone())
         self.register_buffer("item_nodes", nodes, persistent=False)
 
     def input_ports(self) -> dict[str, Port]:

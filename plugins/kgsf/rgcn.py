@@ -29,8 +29,14 @@ from torch import nn
 from crs.errors import ConfigError, DataError
 from crs.interfaces import BuildDeps, ExternalEncoder, Port
 
-from .graph_common import (DeviceGraphCache, activation, check_dropout, check_non_negative, check_positive,
-                           node_embeddings)
+from .graph_common import (
+    DeviceGraphCache,
+    activation,
+    check_dropout,
+    check_non_negative,
+    check_positive,
+    node_embeddings,
+)
 
 AGGREGATIONS = ("mean", "sum")
 
