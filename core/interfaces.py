@@ -251,6 +251,14 @@ class TrainingStrategy(Component):
         """Run one epoch using `loop` (a crs.training.loop.EpochLoop); return mean losses."""
         raise NotImplementedError
 
+    def steps_per_epoch(self, plan: Any) -> int:
+        """Optimizer steps one epoch takes, to size the LR schedule (`plan`: a crs.training.stage.StagePlan).
+
+        The default suits one ``loop.step`` per batch: one optimizer step per ``accumulate``
+        batches, a last partial group included.  Override it when the strategy steps differently.
+        """
+        return plan.steps_per_epoch()
+
 
 #: kind -> base class, derived from crs.kinds.KIND_TABLE; each class is imported on first look-up.
 BASES: Mapping[str, type] = _kinds.LazyBases()

@@ -10,9 +10,18 @@ which sets ``data``, ``knowledge`` and ``linker`` together.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 Node = dict[str, Any]
+
+
+@dataclass
+class ParamGroupSpec:
+    """Optimizer settings for the parameters whose names match `params` (see crs.training.optim)."""
+
+    params: list[str] = field(default_factory=list)  # fnmatch globs over "<slot>.<param>" / "shared.<name>.<param>"
+    lr: Optional[float] = None  # None = the optimizer's lr
+    weight_decay: Optional[float] = None  # None = the optimizer's weight_decay
 
 
 @dataclass
@@ -21,17 +30,23 @@ class OptimizerSpec:
     lr: float = 1e-3
     weight_decay: float = 0.0
     momentum: float = 0.0  # sgd only
+    eps: float = 1e-8  # adam / adamw only
+    groups: list[ParamGroupSpec] = field(default_factory=list)  # first match wins; unmatched: lr/weight_decay above
+    # Globs of parameters that never decay; None = biases and normalisation-layer weights (by module type and name).
+    no_decay: Optional[list[str]] = None
 
 
 @dataclass
 class ScheduleSpec:
     type: str = "constant"  # constant | linear | cosine | warmup_linear
     warmup_steps: int = 0
+    warmup_epochs: float = 0.0  # alternative to warmup_steps (converted with the optimizer steps per epoch)
 
 
 @dataclass
 class EarlyStoppingSpec:
-    metric: str = "loss"  # "loss" (valid loss of the stage's objectives) or a report key, e.g. "rec.recall@10"
+    # "loss" (valid loss of the stage's objectives), a report key (e.g. "rec.recall@10"), or a list of them (summed)
+    metric: Union[str, list[str]] = "loss"
     mode: str = "min"  # min | max
     patience: int = 3
 
@@ -50,6 +65,8 @@ class StageSpec:
     early_stopping: Optional[EarlyStoppingSpec] = None
     strategy: Node = field(default_factory=lambda: {"type": "plain"})
     validate: bool = True  # evaluate on the valid split after each epoch
+    accumulate: int = 1  # batches per optimizer step (gradient accumulation)
+    precision: str = "fp32"  # fp32 | bf16 | fp16: autocast for the training forward (fp16 adds a GradScaler)
 
 
 @dataclass

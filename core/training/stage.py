@@ -1,5 +1,10 @@
 """Turning one ``stages.<i>`` entry into what the loop needs: objectives, parameters, freezing.
 
+Parameter names (:attr:`StagePlan.named_parameters`, optimizer groups) are the
+model's ``named_parameters()`` names with the leading ``slots.`` dropped:
+``<slot>.<param>`` for a slot's own parameters, ``shared.<name>.<param>`` for a
+shared module's.
+
 Everything a user can get wrong in a stage is checked here, before the first
 batch, and reported with the YAML path of the offending key.
 """
@@ -7,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 import torch
@@ -15,9 +20,11 @@ from torch import nn
 
 from ..errors import ConfigError, UnknownComponentError
 
-__all__ = ["StagePlan", "plan_stage", "resolve_objectives", "resolve_parameters", "train_only", "LOSS_PREFIX"]
+__all__ = ["StagePlan", "plan_stage", "resolve_objectives", "resolve_parameters", "parameter_names", "train_only",
+           "LOSS_PREFIX"]
 
 LOSS_PREFIX = "loss."
+SLOTS_PREFIX = "slots."
 
 
 @dataclass
@@ -30,6 +37,9 @@ class StagePlan:
     objectives: dict[str, float]  # loss key ("loss.<name>") -> weight
     parameters: list[nn.Parameter]  # parameters of the slots in `train:` (deduplicated)
     samples: list  # train samples for the stage's task
+    # name -> parameter for the trainable ones among `parameters` (requires_grad), in the same order;
+    # names are "<slot>.<param>" / "shared.<name>.<param>" (see the module doc).
+    named_parameters: dict[str, nn.Parameter] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -40,8 +50,17 @@ class StagePlan:
         """State keys the model must compute for this stage: its losses."""
         return list(self.objectives)
 
-    def steps_per_epoch(self) -> int:
+    @property
+    def accumulate(self) -> int:
+        """Batches per optimizer step (``stages.<i>.accumulate``)."""
+        return int(getattr(self.spec, "accumulate", 1))
+
+    def batches_per_epoch(self) -> int:
         return math.ceil(len(self.samples) / self.spec.batch_size)
+
+    def steps_per_epoch(self) -> int:
+        """Optimizer steps of one plain epoch: one per `accumulate` batches, the last partial group included."""
+        return math.ceil(self.batches_per_epoch() / self.accumulate)
 
 
 def resolve_objectives(objectives: dict[str, float], provided: set[str], path: str) -> dict[str, float]:
@@ -85,6 +104,14 @@ def resolve_parameters(model: Any, train: list[str], path: str) -> list[nn.Param
     return list(unique.values())
 
 
+def parameter_names(model: nn.Module) -> dict[int, str]:
+    """id(parameter) -> its name: ``named_parameters()`` without the leading ``slots.``."""
+    names: dict[int, str] = {}
+    for name, param in model.named_parameters():
+        names.setdefault(id(param), name[len(SLOTS_PREFIX):] if name.startswith(SLOTS_PREFIX) else name)
+    return names
+
+
 def plan_stage(pipeline: Any, stage: Any, index: int) -> StagePlan:
     """Validate stage `index` against `pipeline` and collect its objectives, parameters and samples."""
     path = f"stages.{index}"
@@ -94,6 +121,9 @@ def plan_stage(pipeline: Any, stage: Any, index: int) -> StagePlan:
         raise ConfigError(f"{path}.batch_size", f"must be >= 1, got {stage.batch_size}")
     if float(stage.grad_clip) < 0:
         raise ConfigError(f"{path}.grad_clip", f"must be >= 0 (0 = off), got {stage.grad_clip}")
+    if int(stage.accumulate) < 1:
+        raise ConfigError(f"{path}.accumulate", f"must be >= 1 (batches per optimizer step), got {stage.accumulate}",
+                          "use 1 for a step after every batch")
     objectives = resolve_objectives(dict(stage.objectives), set(pipeline.model.loss_keys()), path)
     parameters = resolve_parameters(pipeline.model, list(stage.train), path)
     if not any(p.requires_grad for p in parameters):
@@ -103,7 +133,9 @@ def plan_stage(pipeline: Any, stage: Any, index: int) -> StagePlan:
     if not samples and int(stage.epochs) > 0:
         raise ConfigError(f"{path}.task", f"the train split has no samples for task '{stage.task}'",
                           "check the data, or use another task (rec, conv, all)")
-    return StagePlan(index, stage, path, objectives, parameters, samples)
+    names = parameter_names(pipeline.model)
+    named = {names[id(p)]: p for p in parameters if p.requires_grad}
+    return StagePlan(index, stage, path, objectives, parameters, samples, named)
 
 
 @contextlib.contextmanager

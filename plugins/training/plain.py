@@ -1,7 +1,9 @@
-"""The ``plain`` training strategy: one optimizer step per batch.
+"""The ``plain`` training strategy: one ``loop.step`` per batch.
 
 For every batch of the epoch (shuffled reproducibly by the loop): compute the
-stage's weighted objective, take an optimizer step, log.  This is the standard
+stage's weighted objective, step, log.  The loop turns that into an optimizer
+step every ``accumulate`` batches (one per batch by default) and the base
+class's ``steps_per_epoch`` counts those steps for the schedule.  This is the standard
 staged training the KGSF, C2-CRS and MESE papers use; MAML-style strategies
 live next to it as separate components.
 """
