@@ -121,10 +121,28 @@ def test_checkpoint_holds_the_full_state_and_loads_without_code(tmp_path: Path) 
     assert (state["stage_index"], state["epoch"], state["stage_done"], state["done"]) == (0, 0, False, False)
     assert state["optimizer"]["state"] and state["scheduler"]["last_epoch"] == 6 and state["global_step"] == 6
     assert set(state["rng"]) >= {"python", "numpy", "torch"}
-    assert state["early_stopping"]["best_epoch"] == 1 and state["early_stopping"]["best_state"]
+    assert state["early_stopping"]["best_epoch"] == 1 and state["early_stopping"]["best_file"] == "best.pt"
     assert [r["epoch"] for r in state["history"]["rec"]] == [1]
     assert "run_dir" not in state["config"] and state["config"]["name"] == "toy"
     assert set(state["model"]) == set(pipeline.model.state_dict())
+    # One model in the checkpoint: the best epoch's state is only in best.pt, which the checkpoint names.
+    model_keys = set(pipeline.model.state_dict())
+    assert _paths_of_model_copies(state, model_keys) == ["model"]
+    best = torch.load(tmp_path / "best.pt", weights_only=True)
+    assert (best["stage_index"], best["epoch"]) == (0, 1) and set(best["model"]) == model_keys
+
+
+def _paths_of_model_copies(node, model_keys: set, path: str = "") -> list[str]:
+    """Where in a nested checkpoint a full model state dict (a dict with the model's keys) sits."""
+    if isinstance(node, dict):
+        if set(node) == model_keys:
+            return [path]
+        return [found for key, value in node.items()
+                for found in _paths_of_model_copies(value, model_keys, f"{path}.{key}" if path else str(key))]
+    if isinstance(node, (list, tuple)):
+        return [found for i, value in enumerate(node)
+                for found in _paths_of_model_copies(value, model_keys, f"{path}.{i}")]
+    return []
 
 
 def test_checkpoint_write_failure_keeps_the_previous_checkpoint(tmp_path: Path, monkeypatch) -> None:

@@ -17,7 +17,7 @@ from torch import nn
 
 from crs.config.spec import EarlyStoppingSpec, OptimizerSpec, ScheduleSpec, StageSpec
 from crs.errors import ConfigError
-from crs.interfaces import BuildDeps
+from crs.interfaces import BuildDeps, EmptyConfig, TrainingStrategy
 from crs.plugins.training.plain import PlainStrategy
 from crs.training import Trainer
 from crs.training.optim import LRFactor, build_optimizer
@@ -301,11 +301,15 @@ def test_sgd_with_momentum_and_grad_clip(tmp_path: Path) -> None:
     assert 0 < (after - before).norm() <= 1e-3 + 1e-7
 
 
-class ManualGradStrategy:
+class ManualGradStrategy(TrainingStrategy):
     """A strategy in the MAML mould: its own sample subsets (salted order), gradients set by hand, step(None)."""
 
     def __init__(self) -> None:
+        super().__init__(EmptyConfig(), BuildDeps(path="stages.0.strategy"))
         self.orders: list[list[int]] = []
+
+    def steps_per_epoch(self, plan) -> int:
+        return 2  # two outer updates per epoch, whatever the number of batches
 
     def train_epoch(self, loop) -> dict[str, float]:
         half = loop.samples[: len(loop.samples) // 2]
@@ -325,13 +329,17 @@ def test_custom_strategy_can_draw_salted_batches_and_set_gradients(tmp_path: Pat
     runs = []
     for attempt in range(2):
         strategy = ManualGradStrategy()
-        pipeline = ToyPipeline([make_stage(epochs=2, train=["encoder", "rec"])])
+        pipeline = ToyPipeline([make_stage(epochs=2, train=["encoder", "rec"], schedule=ScheduleSpec(type="linear"))])
         pipeline.build = lambda kind, node, path, strategy=strategy: strategy
         before = parameters_of(pipeline.model)
         history = Trainer(pipeline, tmp_path / str(attempt), progress=False, log_every=1).fit()
         runs.append((strategy.orders, parameters_of(pipeline.model)))
         assert set(history["rec"][0]["train"]) == {"loss", "loss.rec"}
         assert any(not torch.equal(before[k], runs[-1][1][k]) for k in before)
+        # The schedule is sized by the strategy's steps_per_epoch: 2 x 2 epochs = 4 steps, so it ends at 0.
+        lrs = [json.loads(line)["lr"] for line in (tmp_path / str(attempt) / "metrics.jsonl").read_text().splitlines()
+               if json.loads(line)["scope"] == "step"]
+        assert lrs == pytest.approx([0.01 * (1 - k / 4) for k in range(1, 5)])
     orders = runs[0][0]
     assert len(orders) == 4 and orders[0] != orders[1] and orders[0] != orders[2]  # salt and epoch change it
     assert orders == runs[1][0]  # ...reproducibly

@@ -103,7 +103,9 @@ def _build_featurizers(spec: PipelineSpec, registry: Any, vocab: Vocabulary, ite
 def build_pipeline(spec: PipelineSpec, registry: Any, resolved: dict) -> Pipeline:
     from ..data import build as sample_build
     from ..data import prepare
+    from ..training.precision import resolve_device
 
+    resolve_device(spec.device)  # before any data loads: a GPU that is not there is a config error, not a traceback
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     dataset = registry.build("dataset", spec.data, "data", BuildDeps(path="data"))

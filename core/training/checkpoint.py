@@ -14,12 +14,23 @@ done               True when every stage finished (``model`` is the final state)
 model              model state
 optimizer          optimizer state of the current stage (None once the stage is done)
 scheduler          scheduler state of the current stage (None once the stage is done)
+scaler             fp16 GradScaler state of the current stage, or None
 global_step        optimizer steps taken in the current stage
-early_stopping     :meth:`EarlyStopper.state_dict` of the current stage, or None
+early_stopping     :meth:`EarlyStopper.state_dict` of the current stage, or None: the
+                   best value and epoch so far and ``best_file``, the file holding that
+                   epoch's model
 rng                :func:`crs.training.seeding.capture_rng_state`
 history            the history so far ({stage: [epoch records]})
 metrics_size       length of metrics.jsonl when the checkpoint was written
 =================  ==============================================================
+
+``run_dir/best.pt`` (:func:`save_best`) holds the best-on-valid model of the latest
+stage with early stopping, with ``stage``, ``stage_index``, ``epoch`` (1-based),
+``metric`` and ``value``; it is rewritten when that stage's metric improves.  The
+checkpoint only refers to it, so it does not carry a second full model every epoch;
+a resumed stage reads it back when the stage ends (:func:`load_best` checks that it
+holds the epoch the checkpoint expects).  Format 1 checkpoints, which kept the best
+state inline under ``early_stopping.best_state``, still load and resume.
 
 Checkpoints hold only tensors and plain Python values and are read with
 ``torch.load(weights_only=True)``: loading a checkpoint never runs code from it.
@@ -36,9 +47,10 @@ from ..errors import ConfigError, DataError
 from ..io import atomic_torch_save
 
 __all__ = ["FORMAT", "CHECKPOINT_FILE", "BEST_FILE", "comparable_config", "config_differences",
-           "save_checkpoint", "load_checkpoint", "check_same_config"]
+           "save_checkpoint", "load_checkpoint", "check_same_config", "save_best", "load_best"]
 
-FORMAT = 1
+FORMAT = 2
+READABLE_FORMATS = (1, 2)  # 1: the best model state inline in early_stopping.best_state
 CHECKPOINT_FILE = "checkpoint.pt"
 BEST_FILE = "best.pt"
 # Keys a resumed run may change: where the run lives, and options read only by the final
@@ -86,7 +98,8 @@ def check_same_config(saved: Any, current: Any, run_dir: Path) -> None:
     differences = config_differences(saved, current)
     if not differences:
         return
-    shown = "\n    ".join(differences[:8]) + (f"\n    ... and {len(differences) - 8} more" if len(differences) > 8 else "")
+    more = f"\n    ... and {len(differences) - 8} more" if len(differences) > 8 else ""
+    shown = "\n    ".join(differences[:8]) + more
     first_key = differences[0].split(":", 1)[0]
     raise ConfigError(
         first_key if first_key != "(root)" else "",
@@ -112,8 +125,33 @@ def load_checkpoint(run_dir: Path) -> dict[str, Any] | None:
     except Exception as err:  # unpickling errors come in many types
         raise DataError(str(path), f"the checkpoint cannot be read ({type(err).__name__}: {err})",
                         "delete it to start over, or point --run-dir at another run") from err
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
+    if not isinstance(state, dict) or state.get("format") not in READABLE_FORMATS:
         found = state.get("format") if isinstance(state, dict) else type(state).__name__
         raise DataError(str(path), f"not a crs training checkpoint of format {FORMAT} (found {found!r})",
                         "resume it with the crs version that wrote it, or start a new run_dir")
     return state
+
+
+def save_best(run_dir: Path, *, stage: str, stage_index: int, epoch: int, metric: str, value: float,
+              model: dict[str, torch.Tensor]) -> Path:
+    """Write the best-on-valid `model` state of stage `stage_index` (reached at 1-based `epoch`) to best.pt."""
+    return atomic_torch_save({"format": FORMAT, "stage": stage, "stage_index": stage_index, "epoch": epoch,
+                              "metric": metric, "value": value, "model": model}, Path(run_dir) / BEST_FILE)
+
+
+def load_best(run_dir: Path, *, stage: str, stage_index: int, epoch: int) -> dict[str, torch.Tensor]:
+    """The model state in best.pt, after checking it is epoch `epoch` of stage `stage_index`; else a DataError."""
+    path = Path(run_dir) / BEST_FILE
+    fix = "the run folder was changed outside this run; start the run over (without --resume) or in a new run_dir"
+    if not path.exists():
+        raise DataError(str(path), f"missing: the checkpoint says it holds the best model of stage '{stage}' "
+                        f"(epoch {epoch})", fix)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # unpickling errors come in many types
+        raise DataError(str(path), f"cannot be read ({type(err).__name__}: {err})", fix) from err
+    found = (state.get("stage_index"), state.get("epoch")) if isinstance(state, dict) else None
+    if found != (stage_index, epoch) or "model" not in state:
+        raise DataError(str(path), f"holds (stage index, epoch) {found}, but the checkpoint expects the best "
+                        f"model of stage '{stage}' ({stage_index}, {epoch})", fix)
+    return state["model"]

@@ -11,19 +11,29 @@ Shuffling is seeded from (run seed, stage index, epoch[, salt]) and never from
 the global RNG, so an epoch sees the same batch order whether or not the run was
 interrupted and resumed before it.
 
-A strategy that does not take one optimizer step per batch may define
-``steps_per_epoch(plan) -> int`` (plan: :class:`crs.training.stage.StagePlan`);
-the trainer then sizes the learning-rate schedule with it.  A strategy must keep
-no state across epochs outside the model/optimizer, or resuming would lose it.
+Gradient accumulation (``stages.<i>.accumulate: N``) happens inside :meth:`EpochLoop.step`:
+each loss is scaled by 1/N before its backward pass and the optimizer (and
+scheduler) step comes every N calls, so strategies need not know about it.  The
+trainer calls :meth:`EpochLoop.finish` after the epoch, which steps a last,
+partial group too (its gradient rescaled to the mean over its batches).  Mixed
+precision is the trainer's: it runs the strategy's epoch under autocast, and
+``step`` runs the backward pass outside it (with the fp16 gradient scaler, if any).
+
+A strategy that does not take one optimizer step per batch overrides
+:meth:`crs.interfaces.TrainingStrategy.steps_per_epoch`, which the trainer uses to
+size the learning-rate schedule.  A strategy must keep no state across epochs
+outside the model/optimizer, or resuming would lose it.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Any, Iterator
 
 import torch
 
 from ..errors import ConfigError
+from .precision import Precision
 from .run_log import MetricsLog, progress_bar
 from .seeding import derived_seed
 from .stage import StagePlan
@@ -39,12 +49,15 @@ class EpochLoop:
     (loss key -> weight), ``wanted`` (state keys to compute), ``parameters``
     (the trainable parameters), ``stage`` (the StageSpec), ``stage_index``,
     ``epoch`` (0-based), ``seed`` (this epoch's shuffle seed), ``global_step``
-    (optimizer steps taken so far in the stage).
+    (optimizer steps taken so far in the stage), ``accumulate`` (batches per
+    optimizer step), ``precision`` (a :class:`crs.training.precision.Precision`, or
+    None for fp32) and ``scaler`` (its fp16 GradScaler, or None).
     """
 
     def __init__(self, *, pipeline: Any, plan: StagePlan, parameters: list[torch.nn.Parameter],
                  optimizer: torch.optim.Optimizer, scheduler: Any, epoch: int, global_step: int,
-                 run_seed: int, metrics: MetricsLog | None, log_every: int = 50, progress: bool = True):
+                 run_seed: int, metrics: MetricsLog | None, log_every: int = 50, progress: bool = True,
+                 precision: Precision | None = None):
         self.pipeline = pipeline
         self.model = pipeline.model
         self.plan = plan
@@ -60,12 +73,19 @@ class EpochLoop:
         self.global_step = global_step
         self.seed = derived_seed(run_seed, plan.index, epoch)
         self.grad_clip = float(self.stage.grad_clip)
+        self.accumulate = plan.accumulate
+        self.precision = precision
+        self.scaler = precision.scaler if precision is not None else None
         self._metrics = metrics
         self._log_every = max(int(log_every), 1)
         self._progress = progress
         self._bar: Any = None
-        self._sums: dict[str, float] = {}
+        self._sums: dict[str, float] = {}  # epoch sums of the logged parts
         self._count = 0
+        self._pending = 0  # backward passes since the last optimizer step
+        self._stepped = False  # an optimizer step happened since the last log_step
+        self._step_sums: dict[str, float] = {}  # logged parts of the batches of the current optimizer step
+        self._step_count = 0
 
     # ------------------------------------------------------------------ data
     def batches(self, samples: list | None = None, *, batch_size: int | None = None,
@@ -101,39 +121,91 @@ class EpochLoop:
         return weighted_objective(state, self.objectives, self.plan.path)
 
     def step(self, total: torch.Tensor | None) -> None:
-        """Backward, clip the global gradient norm, optimizer step, scheduler step, zero the gradients.
+        """Backward; every ``accumulate`` calls: clip the gradient norm, optimizer and scheduler step, zero grads.
 
-        ``total=None`` skips the backward pass, for strategies that set ``.grad``
-        themselves (e.g. a first-order MAML outer update).
+        With ``accumulate: 1`` (the default) every call steps.  ``total=None`` skips the
+        backward pass and steps at once, for strategies that set ``.grad`` themselves
+        (e.g. a first-order MAML outer update): their gradients are used as they are,
+        without accumulation or fp16 loss scaling.
         """
-        if total is not None:
-            if not torch.isfinite(total.detach()).all():
-                raise ConfigError(f"{self.plan.path}.optimizer.lr",
-                                  f"the loss became {total.item()} at epoch {self.epoch + 1}, "
-                                  f"step {self.global_step + 1}",
-                                  "lower the learning rate, set grad_clip (e.g. 1.0) or add a warmup")
-            total.backward()
+        if total is None:
+            if self._pending:
+                raise RuntimeError("EpochLoop.step(None) called while step(loss) gradients are still being "
+                                   "accumulated; a strategy uses one of the two")
+            self._apply(0)
+            return
+        if not torch.isfinite(total.detach()).all():
+            raise ConfigError(f"{self.plan.path}.optimizer.lr",
+                              f"the loss became {total.item()} at epoch {self.epoch + 1}, "
+                              f"step {self.global_step + 1}",
+                              "lower the learning rate, set grad_clip (e.g. 1.0) or add a warmup")
+        loss = total / self.accumulate if self.accumulate > 1 else total
+        if self.scaler is not None:
+            loss = self.scaler.scale(loss)
+        with self.precision.no_autocast() if self.precision is not None else contextlib.nullcontext():
+            loss.backward()
+        self._pending += 1
+        if self._pending >= self.accumulate:
+            self._apply(self._pending)
+
+    def finish(self) -> None:
+        """Step a last, partial accumulation group, if any (the trainer calls this after each epoch)."""
+        if self._pending:
+            self._apply(self._pending)
+            self._log_if_stepped()
+
+    def _apply(self, batches: int) -> None:
+        """The optimizer step over the gradients of `batches` backward passes (0: gradients set by hand)."""
+        if 0 < batches < self.accumulate:
+            # The losses were scaled by 1/accumulate; make this shorter group's gradient a mean over its batches too.
+            factor = self.accumulate / batches
+            for param in self.parameters:
+                if param.grad is not None:
+                    param.grad.mul_(factor)
+        scaled = self.scaler is not None and batches > 0
+        if scaled and self.grad_clip > 0:
+            self.scaler.unscale_(self.optimizer)  # clip the true gradient, not the scaled one
         if self.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.parameters, self.grad_clip)
-        self.optimizer.step()
+        if scaled:
+            self.scaler.step(self.optimizer)  # skipped when the scaled gradients overflowed
+            self.scaler.update()
+        else:
+            self.optimizer.step()
         if self.scheduler is not None:
             self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.global_step += 1
+        self._pending = 0
+        self._stepped = True
 
     # --------------------------------------------------------------- logging
     def log_step(self, parts: dict[str, float]) -> None:
-        """Add `parts` to the epoch means; every ``log_every`` steps write them to the log and the bar."""
+        """Add one batch's `parts` to the epoch means; every ``log_every`` optimizer steps write them to the log.
+
+        Call it after :meth:`step`.  The logged values are the means over the batches of
+        the optimizer step just taken (one batch without accumulation); ``lr`` is the
+        first parameter group's (the stage's own ``lr`` when the default group has parameters).
+        """
         for key, value in parts.items():
             self._sums[key] = self._sums.get(key, 0.0) + float(value)
+            self._step_sums[key] = self._step_sums.get(key, 0.0) + float(value)
         self._count += 1
-        if self.global_step % self._log_every == 0:
-            values = {key: float(value) for key, value in parts.items()}
+        self._step_count += 1
+        self._log_if_stepped()
+
+    def _log_if_stepped(self) -> None:
+        if not self._stepped:
+            return  # still accumulating: the parts are logged with the step that uses them
+        if self._step_count and self.global_step % self._log_every == 0:
+            values = {key: total / self._step_count for key, total in self._step_sums.items()}
+            shown = dict(values)
             values["lr"] = self.optimizer.param_groups[0]["lr"]
             if self._metrics is not None:
                 self._metrics.write(self.stage.name, self.epoch + 1, self.global_step, "train", values)
             if self._bar is not None and hasattr(self._bar, "set_postfix"):
-                self._bar.set_postfix({key: f"{value:.4g}" for key, value in parts.items()}, refresh=False)
+                self._bar.set_postfix({key: f"{value:.4g}" for key, value in shown.items()}, refresh=False)
+        self._step_sums, self._step_count, self._stepped = {}, 0, False
 
     def mean_parts(self) -> dict[str, float]:
         """Mean of every logged part over this epoch's :meth:`log_step` calls."""

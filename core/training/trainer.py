@@ -6,9 +6,20 @@ Usage::
 
 What lands in `run_dir`: ``checkpoint.pt`` (full state after every epoch, see
 :mod:`crs.training.checkpoint`), ``best.pt`` (the best-on-valid model of the
-latest stage with early stopping), ``metrics.jsonl`` (see
-:mod:`crs.training.run_log`), ``history.json`` (what :meth:`Trainer.fit`
-returns) and ``tensorboard/`` when tensorboard is installed.
+latest stage with early stopping; the checkpoint refers to it rather than
+holding a second model), ``metrics.jsonl`` (see :mod:`crs.training.run_log`),
+``history.json`` (what :meth:`Trainer.fit` returns) and ``tensorboard/`` when
+tensorboard is installed.
+
+Per stage, the trainer builds the optimizer over
+:attr:`crs.training.stage.StagePlan.named_parameters` (parameter groups, see
+:mod:`crs.training.optim`), sizes the schedule with the strategy's
+``steps_per_epoch(plan)``, runs each epoch's ``strategy.train_epoch(loop)`` under
+the stage's autocast (:mod:`crs.training.precision`; the model is already on
+``device``), and calls the lifecycle callbacks (:mod:`crs.training.callbacks`):
+``on_train_start`` once the stage's freezing is in place (also when a stage is
+resumed), ``on_train_end`` after its best state is restored, and
+``on_eval_start`` / ``on_eval_end`` (``split="valid"``) around the valid-loss pass.
 
 Reproducibility: the run is seeded once from ``spec.seed``; each epoch's batch
 order comes from (seed, stage, epoch) alone; every RNG state is saved with the
@@ -30,11 +41,21 @@ from typing import Any
 import torch
 
 from ..errors import ConfigError
-from ..io import atomic_torch_save, atomic_write_json
-from .checkpoint import BEST_FILE, CHECKPOINT_FILE, FORMAT, check_same_config, comparable_config, load_checkpoint, save_checkpoint
-from .early_stopping import EarlyStopper
+from ..io import atomic_write_json
+from .callbacks import notify
+from .checkpoint import (
+    CHECKPOINT_FILE,
+    check_same_config,
+    comparable_config,
+    load_best,
+    load_checkpoint,
+    save_best,
+    save_checkpoint,
+)
+from .early_stopping import EarlyStopper, cpu_state_dict, is_loss_metric
 from .loop import EpochLoop, weighted_objective
-from .optim import build_optimizer, build_scheduler
+from .optim import build_optimizer, build_scheduler, norm_parameter_ids
+from .precision import Precision, resolve_device
 from .run_log import MetricsLog
 from .seeding import capture_rng_state, restore_rng_state, seed_everything
 from .stage import StagePlan, batch_length, plan_stage, train_only
@@ -72,6 +93,8 @@ class Trainer:
         self.timings: dict[str, dict[str, float]] = {}
         self._config = comparable_config(getattr(pipeline, "resolved", {}))
         self._metrics: MetricsLog | None = None
+        # Checked here too (the builder checks it first) so a bad device is a config error, not a CUDA traceback.
+        self.device = resolve_device(getattr(self.spec, "device", "cpu"))
 
     # ------------------------------------------------------------------ run
     def fit(self) -> dict[str, list[dict[str, Any]]]:
@@ -137,34 +160,42 @@ class Trainer:
     def _run_stage(self, index: int, stage: Any, resume_state: dict[str, Any] | None) -> None:
         plan = plan_stage(self.pipeline, stage, index)
         strategy = self.pipeline.build("training_strategy", stage.strategy, f"{plan.path}.strategy")
+        precision = Precision(stage.precision, self.device, f"{plan.path}.precision")
         valid_samples = self._valid_samples(plan)
         stopper = self._early_stopper(plan, valid_samples)
         protocol = self._valid_protocol() if stopper is not None and stopper.needs_evaluation else None
         records = self.history.setdefault(str(stage.name), [])
         with train_only(self.model, plan.parameters) as trainable:
-            optimizer = build_optimizer(stage.optimizer, trainable, f"{plan.path}.optimizer")
-            steps_per_epoch = (strategy.steps_per_epoch(plan) if hasattr(strategy, "steps_per_epoch")
-                               else plan.steps_per_epoch())
+            optimizer = build_optimizer(stage.optimizer, plan.named_parameters, f"{plan.path}.optimizer",
+                                        norm_ids=norm_parameter_ids(self.model))
+            steps_per_epoch = int(strategy.steps_per_epoch(plan))
             scheduler = build_scheduler(stage.schedule, optimizer, steps_per_epoch * int(stage.epochs),
-                                        f"{plan.path}.schedule")
+                                        f"{plan.path}.schedule", steps_per_epoch=steps_per_epoch)
             first_epoch, global_step = 0, 0
+            # Before the RNG restore below: whatever a hook draws, the resumed run continues from the saved state.
+            notify(self.model, "on_train_start", stage=plan, pipeline=self.pipeline)
             if resume_state is not None:
                 optimizer.load_state_dict(resume_state["optimizer"])
                 scheduler.load_state_dict(resume_state["scheduler"])
+                if precision.scaler is not None and resume_state.get("scaler") is not None:
+                    precision.scaler.load_state_dict(resume_state["scaler"])
                 if stopper is not None and resume_state["early_stopping"] is not None:
                     stopper.load_state_dict(resume_state["early_stopping"])
                 first_epoch, global_step = resume_state["epoch"] + 1, resume_state["global_step"]
                 # Restored after the stage set-up, exactly where it was captured in the original run.
                 restore_rng_state(resume_state["rng"])
+            ended = False
             for epoch in range(first_epoch, int(stage.epochs)):
                 self.model.train()
                 loop = EpochLoop(pipeline=self.pipeline, plan=plan, parameters=trainable, optimizer=optimizer,
                                  scheduler=scheduler, epoch=epoch, global_step=global_step,
                                  run_seed=int(self.spec.seed), metrics=self._metrics, log_every=self.log_every,
-                                 progress=self.progress)
+                                 progress=self.progress, precision=precision)
                 started = time.perf_counter()
                 try:
-                    train_means = strategy.train_epoch(loop) or loop.mean_parts()
+                    with precision.autocast():
+                        train_means = strategy.train_epoch(loop) or loop.mean_parts()
+                    loop.finish()  # the step of a last, partial accumulation group
                 finally:
                     loop.close()
                 timing = self.timings.setdefault(str(stage.name), {"epochs": 0, "train_s": 0.0, "samples": 0,
@@ -177,24 +208,32 @@ class Trainer:
                 self._metrics.write(stage.name, epoch + 1, global_step, "train", record["train"], scope="epoch")
                 if valid_samples:
                     started = time.perf_counter()
-                    record["valid"] = self._validate(plan, valid_samples, protocol)
+                    record["valid"] = self._validate(plan, valid_samples, protocol, stopper)
+                    if stopper is not None and stopper.is_sum:  # show the compared sum next to its parts
+                        record["valid"][stopper.metric] = stopper.value_of(record["valid"])
                     timing["valid_s"] += time.perf_counter() - started
                     self._metrics.write(stage.name, epoch + 1, global_step, "valid", record["valid"], scope="epoch")
                 records.append(record)
-                if stopper is not None and stopper.update(record["valid"], epoch + 1, self.model):
+                if stopper is not None and stopper.update(record["valid"], epoch + 1):
                     self._save_best(plan, stopper)
                 stop = stopper is not None and stopper.stopped
                 stage_done = stop or epoch == int(stage.epochs) - 1
-                if stage_done and stopper is not None and stopper.restore_best(self.model):
-                    log.info("stage '%s': restored the best epoch (%s, %s = %.6g)", stage.name,
-                             stopper.best_epoch, stopper.metric, stopper.best)
+                if stage_done:
+                    if stopper is not None and self._restore_best(plan, stopper):
+                        log.info("stage '%s': restored the best epoch (%s, %s = %.6g)", stage.name,
+                                 stopper.best_epoch, stopper.metric, stopper.best)
+                    # Before the checkpoint: a resumed run must not see (or miss) what the hook did.
+                    notify(self.model, "on_train_end", stage=plan, pipeline=self.pipeline)
+                    ended = True
                 self._save(stage_index=index, epoch=epoch, stage_done=stage_done, optimizer=optimizer,
-                           scheduler=scheduler, global_step=global_step, stopper=stopper)
+                           scheduler=scheduler, global_step=global_step, stopper=stopper, scaler=precision.scaler)
                 atomic_write_json(self.run_dir / HISTORY_FILE, self.history)
                 if stop:
                     log.info("stage '%s': early stop after epoch %d (no better %s for %d epochs)", stage.name,
                              epoch + 1, stopper.metric, stopper.patience)
                     break
+            if not ended:  # a stage of 0 epochs
+                notify(self.model, "on_train_end", stage=plan, pipeline=self.pipeline)
 
     # ----------------------------------------------------------- validation
     def _valid_samples(self, plan: StagePlan) -> list:
@@ -216,11 +255,12 @@ class Trainer:
             raise ConfigError(f"{plan.path}.early_stopping", f"early stopping needs validation, but {why}",
                               "set validate: true and make sure a valid split exists (samples.valid_fraction > 0), "
                               "or remove early_stopping")
-        if not stopper.needs_evaluation and stopper.metric != "loss" and stopper.metric not in plan.objectives:
-            # Caught here rather than after the first epoch's validation.
-            raise ConfigError(f"{plan.path}.early_stopping.metric",
-                              f"'{stopper.metric}' is not one of the stage's objectives",
-                              f"use 'loss' (the weighted total) or one of: {', '.join(plan.objectives)}")
+        for position, name in enumerate(stopper.metrics):
+            if is_loss_metric(name) and name != "loss" and name not in plan.objectives:
+                # Caught here rather than after the first epoch's validation.
+                where = f"{plan.path}.early_stopping.metric" + (f".{position}" if stopper.is_sum else "")
+                raise ConfigError(where, f"'{name}' is not one of the stage's objectives",
+                                  f"use 'loss' (the weighted total) or one of: {', '.join(plan.objectives)}")
         return stopper
 
     def _valid_protocol(self) -> Any:
@@ -231,13 +271,16 @@ class Trainer:
                               "list one under evaluation.protocols, or stop early on metric: loss")
         return self.pipeline.build("evaluation_protocol", protocols[0], "evaluation.protocols.0")
 
-    def _validate(self, plan: StagePlan, valid_samples: list, protocol: Any) -> dict[str, float]:
+    def _validate(self, plan: StagePlan, valid_samples: list, protocol: Any,
+                  stopper: EarlyStopper | None = None) -> dict[str, float]:
         """Mean valid losses (``loss`` = weighted total) and, with `protocol`, its report metrics."""
         self.model.eval()
         try:
             sums: dict[str, float] = {}
             count = 0
             with torch.no_grad():
+                # The evaluator makes these calls itself for the report metrics below.
+                notify(self.model, "on_eval_start", split="valid", pipeline=self.pipeline)
                 for batch in self.pipeline.batches(valid_samples, int(plan.spec.batch_size), shuffle=False,
                                                    seed=int(self.spec.seed)):
                     _, parts = weighted_objective(self.model.compute(batch, plan.wanted), plan.objectives, plan.path)
@@ -245,13 +288,14 @@ class Trainer:
                     for key, value in parts.items():
                         sums[key] = sums.get(key, 0.0) + value * size
                     count += size
+                notify(self.model, "on_eval_end", split="valid", pipeline=self.pipeline)
                 metrics = {key: total / max(count, 1) for key, total in sums.items()}
-                if protocol is not None:
+                if protocol is not None and stopper is not None:
                     from ..evaluation import evaluate  # lazily: evaluation imports metrics plugins
 
-                    # only the part of the evaluation the early-stopping metric reads
-                    task = "rec" if str(plan.spec.early_stopping.metric).startswith("rec.") else "conv"
-                    results = evaluate(self.pipeline, "valid", protocols=[protocol], generate=False, tasks=(task,))
+                    # only the parts of the evaluation the early-stopping metrics read
+                    results = evaluate(self.pipeline, "valid", protocols=[protocol], generate=False,
+                                       tasks=stopper.evaluation_tasks)
                     report = results.get(protocol.id, {})
                     metrics.update({key: float(value) for key, value in report.items()
                                     if isinstance(value, (int, float)) and not isinstance(value, bool)})
@@ -261,7 +305,8 @@ class Trainer:
 
     # ---------------------------------------------------------- checkpoints
     def _save(self, *, stage_index: int, epoch: int, stage_done: bool, done: bool = False, optimizer: Any = None,
-              scheduler: Any = None, global_step: int = 0, stopper: EarlyStopper | None = None) -> None:
+              scheduler: Any = None, global_step: int = 0, stopper: EarlyStopper | None = None,
+              scaler: Any = None) -> None:
         assert self._metrics is not None
         save_checkpoint(self.run_dir, {
             "config": self._config,
@@ -272,6 +317,7 @@ class Trainer:
             "model": self.model.state_dict(),
             "optimizer": None if stage_done else optimizer.state_dict(),
             "scheduler": None if stage_done else scheduler.state_dict(),
+            "scaler": None if (stage_done or scaler is None) else scaler.state_dict(),
             "global_step": global_step,
             "early_stopping": None if (stage_done or stopper is None) else stopper.state_dict(),
             "rng": capture_rng_state(),
@@ -280,6 +326,15 @@ class Trainer:
         })
 
     def _save_best(self, plan: StagePlan, stopper: EarlyStopper) -> None:
-        atomic_torch_save({"format": FORMAT, "stage": plan.name, "stage_index": plan.index,
-                           "epoch": stopper.best_epoch, "metric": stopper.metric, "value": stopper.best,
-                           "model": stopper.best_state}, self.run_dir / BEST_FILE)
+        save_best(self.run_dir, stage=plan.name, stage_index=plan.index, epoch=int(stopper.best_epoch),
+                  metric=stopper.metric, value=float(stopper.best), model=cpu_state_dict(self.model))
+
+    def _restore_best(self, plan: StagePlan, stopper: EarlyStopper) -> bool:
+        """Load the stage's best state (from best.pt); False when no epoch was ever best (e.g. all NaN)."""
+        if stopper.best_epoch is None:
+            return False
+        state = stopper.legacy_best_state
+        if state is None:
+            state = load_best(self.run_dir, stage=plan.name, stage_index=plan.index, epoch=int(stopper.best_epoch))
+        self.model.load_state_dict(state)
+        return True
