@@ -62,6 +62,29 @@ class ItemIndex:
     def __len__(self) -> int:
         return len(self.ids)
 
+    @property
+    def tokens(self) -> list[str]:
+        """Each item's placeholder token in texts (:func:`crs.data.vocab.item_token`), in item order."""
+        from .data.vocab import item_token
+
+        return [item_token(i) for i in self.ids]
+
+    @property
+    def token_index(self) -> dict[str, int]:
+        """Placeholder token -> item index, for reading items out of (generated) text.
+
+        Built on first use and again whenever items were appended since."""
+        cached = self.__dict__.get("_token_index")
+        if cached is None or len(cached) != len(self.ids):
+            from .data.vocab import item_token_index
+
+            cached = self.__dict__["_token_index"] = item_token_index(self.ids)
+        return cached
+
+    def item_of_token(self, token: str) -> int:
+        """The item index whose placeholder is `token`, or -1 when `token` names no item."""
+        return self.token_index.get(token, -1)
+
 
 @dataclass
 class BuildDeps:
@@ -204,6 +227,11 @@ class EntityLinker(Component):
     def link(self, text: str) -> list[int]:  # pragma: no cover - abstract
         """Node indices of `graph` mentioned in `text`, in order of first mention."""
         raise NotImplementedError
+
+    def link_tokens(self, tokens: list[str]) -> list[tuple[int, int, int]]:
+        """Optional: ``(start, end, node)`` spans of `tokens` (``crs.data.vocab.tokenize`` output) that name
+        nodes, so the sample builder can tag ``batch.context_token_entities``; the default finds none."""
+        return []
 
 
 class Metric(Component):

@@ -23,7 +23,7 @@ Fixtures, each fresh per test:
 Helpers, one line each:
 
 - ``make_tiny_deps(path)``: the BuildDeps behind ``tiny_deps``, usable outside pytest.
-- ``make_tiny_samples(deps)``: the three hand-made Samples behind ``tiny_batch``.
+- ``make_tiny_samples(deps)``: the three Samples behind ``tiny_batch``, built from ``make_tiny_conversations()``.
 - ``make_tiny_batch(deps, samples=None)``: those samples collated as a run collates them.
 - ``check_component(cls, node, deps, batch)``: build a component, run it on a batch, check its ports and losses.
 - ``check_contract(registry, name)``: ``check_component`` on a registered model component with its contract node.
@@ -113,10 +113,13 @@ def tiny_batch(tiny_deps):
 # ------------------------------------------------------------------ builders
 def make_tiny_deps(path: str = "tiny"):
     """The BuildDeps behind the ``tiny_deps`` fixture (usable outside pytest too)."""
+    from collections import Counter
+
     import numpy as np
     import torch
 
-    from crs.data.vocab import Vocabulary
+    from crs.data.build import replace_mentions
+    from crs.data.vocab import Vocabulary, item_token, tokenize
     from crs.interfaces import BuildDeps, ItemIndex
     from crs.knowledge import ENTITY, WORD, IndexedGraph, ItemTexts, KnowledgeGraph
 
@@ -137,7 +140,11 @@ def make_tiny_deps(path: str = "tiny"):
     word_kg = KnowledgeGraph(WORD, list(TINY_WORDS), ["related_to"], np.array([0, 1, 3, 6]),
                              np.zeros(4, dtype=np.int64), np.array([4, 7, 6, 3]))
     word_graph = IndexedGraph.from_graph("word_kg", word_kg)
-    vocab = Vocabulary([*TINY_WORDS, "i", "a", "you", "hi", "?", "!", "watch", "try", *(f"@{i}" for i in item_ids)])
+    # word counts as Vocabulary.build would keep them, from the tiny conversations' texts
+    counts = Counter(tok for conv in make_tiny_conversations() for turn in conv.turns
+                     for tok in tokenize(replace_mentions(turn)))
+    vocab = Vocabulary([*TINY_WORDS, "i", "a", "you", "hi", "?", "!", "watch", "try", *map(item_token, item_ids)],
+                       counts)
     items = ItemIndex(
         ids=item_ids, names=list(TINY_ITEMS),
         entity_nodes=torch.tensor([entity_graph.node_index[i] for i in item_ids], dtype=torch.long),
@@ -152,30 +159,42 @@ def make_tiny_deps(path: str = "tiny"):
                      item_texts=texts, num_users=4)
 
 
-def make_tiny_samples(deps) -> list:
-    """Three hand-made :class:`crs.data.samples.Sample` s over `deps` (the last mentions nothing)."""
-    from crs.data.samples import Sample
+def make_tiny_conversations() -> list:
+    """The three conversations behind ``tiny_batch`` (users ``u1``, ``u2`` and none), with annotated
+    item and entity mentions, so every batch field has values a real run would give."""
+    from crs.data.schema import RECOMMENDER, SEEKER, Conversation, Mention, Turn
 
-    vocab, entity, word = deps.vocab, deps.graphs["entity_kg"], deps.graphs["word_kg"]
-    nodes = entity.node_index
-    rows = [
-        ("c1", 3, 1, ["i like space movie", "try @item0 !", "something scary ?"],
-         [nodes["item0"], nodes["science_fiction"], nodes["horror"]], ["space", "scary"], [0], [1, 4],
-         "watch @item1 !", 1),
-        ("c2", 1, 2, ["a funny movie ?"], [nodes["animation"]], ["funny", "movie"], [], [3],
-         "try @item3", 3),
-        ("c3", 0, 0, ["hi !"], [], [], [], [2], "you like heat ?", 2),
+    return [
+        Conversation("c1", "u1", [
+            Turn(0, SEEKER, "i like space movie", entities=[Mention("science_fiction", "space")]),
+            Turn(1, RECOMMENDER, "try @item0 !", [Mention("item0", "@item0")], recommended=["item0"]),
+            Turn(2, SEEKER, "something scary ?", entities=[Mention("horror", "scary")]),
+            Turn(3, RECOMMENDER, "watch @item1 !", [Mention("item1", "@item1")], recommended=["item1", "item4"]),
+        ]),
+        Conversation("c2", "u2", [
+            Turn(0, SEEKER, "a funny movie ?", entities=[Mention("animation", "funny")]),
+            Turn(1, RECOMMENDER, "try @item3", [Mention("item3", "@item3")], recommended=["item3"]),
+        ]),
+        Conversation("c3", "", [
+            Turn(0, SEEKER, "hi !"),
+            Turn(1, RECOMMENDER, "you like heat ?", recommended=["item2"]),
+        ]),
     ]
-    samples = []
-    for conv, turn, user, context, ents, words, ctx_items, targets, reply, target in rows:
-        tokens = [t for i, text in enumerate(context) for t in ([vocab.sep] if i else []) + vocab.encode(text)]
-        samples.append(Sample(
-            conv_id=conv, turn_index=turn, user_index=user, context_text=context, context_tokens=tokens,
-            context_entities=ents, context_words=[word.node_index[w] for w in words], context_items=ctx_items,
-            target_items=targets, response_tokens=[vocab.bos, *vocab.encode(reply), vocab.eos],
-            response_text=reply, target_item=target,
-        ))
-    return samples
+
+
+def make_tiny_samples(deps) -> list:
+    """Three :class:`crs.data.samples.Sample` s over `deps`: the last recommender turn of each
+    :func:`make_tiny_conversations` conversation, built by the pipeline's own sample builder (so every
+    field, per-token tags and turn records included, is consistent), with ``target_item`` set to the
+    turn's first target.  The last sample's context mentions nothing."""
+    from crs.config.spec import SamplesSpec
+    from crs.data.build import SampleBuilder
+
+    builder = SampleBuilder(vocab=deps.vocab, items=deps.items, entity_graph=deps.graphs["entity_kg"],
+                            word_graph=deps.graphs["word_kg"], linker=None, users={"u1": 1, "u2": 2},
+                            spec=SamplesSpec())
+    samples = [builder.conversation(conv)[-1] for conv in make_tiny_conversations()]
+    return [sample.for_item(sample.target_items[0]) for sample in samples]
 
 
 def make_tiny_batch(deps, samples: list | None = None) -> dict:

@@ -156,3 +156,123 @@ def test_demo_samples_cover_every_recommender_turn():
     assert np.mean([bool(s.context_words) for s in samples]) > 0.8
     assert all(len(s.context_entities) == len(set(s.context_entities)) for s in samples)
     assert all(vocab.unk not in s.response_tokens for s in samples)  # train texts are all in vocab
+
+
+# ------------------------------------------------------------------ turn records and per-token tags
+def test_turn_records_entity_turns_and_token_tags():
+    samples, vocab, items, entity, _ = _build(_tiny_corpus())
+    first, second, third = samples
+    assert second.context_turns == [
+        {"index": 0, "role": SEEKER, "text": "Hi! I loved @i1 and anything scary.", "items": [0], "unplaced_items": []},
+        {"index": 1, "role": RECOMMENDER, "text": "Then watch @i2, it is a classic.", "items": [1],
+         "unplaced_items": []},
+        {"index": 2, "role": SEEKER, "text": "Seen it! Anything with Sigourney Weaver?", "items": [],
+         "unplaced_items": []},
+    ]
+    assert second.response_turn == {"index": 3, "role": RECOMMENDER, "text": "Try @i3 or @i9.", "items": [2, 3],
+                                    "unplaced_items": []}
+    assert first.context_turns == second.context_turns[:1]  # records are per turn, shared by later samples
+    assert [entity.nodes[e] for e in second.context_entities] == \
+           ["movie:alien", "genre:horror", "movie:thing", "person:weaver"]
+    assert second.context_entity_turns == [0, 0, 1, 2]
+    assert third.context_entity_turns == [] and third.context_turns[0]["role"] == RECOMMENDER
+    for sample in samples:
+        n = len(sample.context_tokens)
+        assert len(sample.context_token_entities) == len(sample.context_token_items) == n
+        assert len(sample.context_entity_turns) == len(sample.context_entities)
+        for token, node, item in zip(vocab.decode(sample.context_tokens, strip_special=False),
+                                     sample.context_token_entities, sample.context_token_items):
+            if token.startswith("@"):
+                assert item == items.item_of_token(token) and node == items.entity_nodes[item]
+            else:
+                assert item == -1
+            if token == "__sep__":
+                assert node == 0
+    tags = {tok: entity.nodes[node] for tok, node in zip(vocab.decode(second.context_tokens, strip_special=False),
+                                                          second.context_token_entities) if node}
+    # item placeholders, and annotated entity mentions located by their words ("scary", "Sigourney Weaver")
+    assert tags == {"@i1": "movie:alien", "scary": "genre:horror", "@i2": "movie:thing",
+                    "sigourney": "person:weaver", "weaver": "person:weaver"}
+
+
+def test_token_tags_and_entity_turns_follow_truncation():
+    spec = SamplesSpec(max_context_tokens=6, max_context_entities=2)
+    samples, vocab, items, entity, _ = _build(_tiny_corpus(), spec)
+    full, *_ = _build(_tiny_corpus())
+    second, whole = samples[1], full[1]
+    assert second.context_tokens == whole.context_tokens[-6:]
+    assert second.context_token_entities == whole.context_token_entities[-6:]
+    assert second.context_token_items == whole.context_token_items[-6:]
+    # the last two entities, each with the (full-context) index of the turn that first named it
+    assert [entity.nodes[e] for e in second.context_entities] == ["movie:thing", "person:weaver"]
+    assert second.context_entity_turns == [1, 2]
+    window, *_ = _build(_tiny_corpus(), SamplesSpec(context_turns=2))
+    # with a two-turn window the indices count within the window (index 0 = the window's first turn)
+    assert [t["index"] for t in window[1].context_turns] == [1, 2]
+    assert window[1].context_entity_turns == [0, 1]
+
+
+def test_linker_spans_tag_tokens_and_unlocated_mentions_are_unplaced():
+    class SpanLinker:
+        def __init__(self, node):
+            self.node = node
+
+        def link(self, text):
+            return [self.node] if "classic" in text else []
+
+        def link_tokens(self, tokens):
+            return [(i, i + 1, self.node) for i, tok in enumerate(tokens) if tok == "classic"]
+
+    corpus = _tiny_corpus()
+    c1 = corpus.splits["train"][0]
+    c1.turns[2].items.append(Mention("i3", "the sequel"))  # words the text does not contain
+    entity, _ = _tiny_graphs(corpus)
+    weaver = entity.node_index["person:weaver"]
+    samples, vocab, items, *_ = _build(corpus, linker=SpanLinker(weaver))
+    second = samples[1]
+    tags = dict(zip(vocab.decode(second.context_tokens, strip_special=False), second.context_token_entities))
+    assert tags["classic"] == weaver
+    assert second.context_turns[2]["items"] == [] and second.context_turns[2]["unplaced_items"] == [2]
+    assert items.ids.index("i3") in second.context_items  # still a context item
+
+
+# ------------------------------------------------------------------ validation by user
+def _users(convs):
+    return {c.user_id for c in convs}
+
+
+def test_valid_by_user_holds_out_whole_users():
+    corpus = demo_corpus(SMALL)
+    no_valid = replace(corpus, splits={"train": corpus.splits["train"], "test": corpus.splits["test"]})
+    carved = prepare.ensure_valid_split(no_valid, 0.2, seed=1, by="user")
+    train, valid = carved.splits["train"], carved.splits["valid"]
+    assert valid and not _users(train) & _users(valid)
+    assert len(train) + len(valid) == 120
+    assert carved.report["valid_by"] == "user" and carved.report["valid_users"] == len(_users(valid))
+    assert carved.report["valid_by_conversation_fallback"] == 0
+    assert 1 <= len(_users(valid)) < len(_users(no_valid.splits["train"]))
+    # membership depends on (seed, user id) only: other users' conversations do not move anyone
+    some = set(sorted(_users(train))[::2]) | _users(valid)
+    kept = [c for c in no_valid.splits["train"] if c.user_id in some]
+    fewer = prepare.ensure_valid_split(replace(no_valid, splits={**no_valid.splits, "train": kept}), 0.2, 1, "user")
+    assert _users(fewer.splits["valid"]) == _users(valid)
+    with pytest.raises(ConfigError, match="samples.valid_by"):
+        prepare.ensure_valid_split(no_valid, 0.2, seed=1, by="speaker")
+
+
+def test_valid_by_user_falls_back_per_conversation_without_user_ids():
+    corpus = demo_corpus(SMALL)
+    train = [replace(c, user_id="") if i % 3 == 0 else c for i, c in enumerate(corpus.splits["train"])]
+    no_valid = replace(corpus, splits={"train": train, "test": corpus.splits["test"]})
+    by_user = prepare.ensure_valid_split(no_valid, 0.3, seed=4, by="user")
+    by_conv = prepare.ensure_valid_split(no_valid, 0.3, seed=4)
+    assert by_user.report["valid_by_conversation_fallback"] == 40
+    anonymous = lambda split: {c.id for c in split if not c.user_id}  # noqa: E731
+    # anonymous conversations are carved exactly as per-conversation carving carves them
+    assert anonymous(by_user.splits["valid"]) == anonymous(by_conv.splits["valid"])
+    named = {c.user_id for c in by_user.splits["train"] if c.user_id}
+    assert not named & {c.user_id for c in by_user.splits["valid"] if c.user_id}
+    # a corpus whose user id is the conversation id (INSPIRED) is carved the same way both ways
+    own = replace(no_valid, splits={**no_valid.splits, "train": [replace(c, user_id=c.id) for c in train]})
+    assert [c.id for c in prepare.ensure_valid_split(own, 0.3, 4, "user").splits["valid"]] == \
+           [c.id for c in prepare.ensure_valid_split(own, 0.3, 4).splits["valid"]]

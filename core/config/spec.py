@@ -79,6 +79,7 @@ class SamplesSpec:
     entity_graph: Optional[str] = None  # knowledge name of the entity graph; None = the only one, if any
     word_graph: Optional[str] = None  # knowledge name of the word graph; None = the only one, if any
     valid_fraction: float = 0.1  # carved from train when the corpus has no valid split
+    valid_by: str = "conversation"  # conversation | user: carve whole users (disjoint valid users; crs.data.prepare)
     min_word_freq: int = 1
     max_train_conversations: int = 0  # 0 = all; for quick runs
     # featurizer components adding batch fields of their own, computed once per sample (crs.data.fields)

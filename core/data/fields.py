@@ -91,9 +91,12 @@ BUILTIN_FIELDS: tuple[Field, ...] = (
     Field("context_words", "pad", "word-graph node ids of context words (no stopwords)", "(B, W)"),
     Field("context_items", "pad", "item indices mentioned so far", "(B, I)"),
     Field("context_token_entities", "pad",
-          "entity-graph node mentioned at each context token (0 = none); aligned with context_tokens", "(B, L)"),
+          "entity-graph node named at each context token (0 = none); aligned with context_tokens: an item "
+          "placeholder gives its item's node, annotated entity mentions and linker phrases tag the tokens they "
+          "span (rules in crs.data.build)", "(B, L)"),
     Field("context_token_items", "pad",
-          "item index mentioned at each context token (-1 = none); aligned with context_tokens", "(B, L)",
+          "item index of each context token that is an item placeholder (-1 = none); aligned with "
+          "context_tokens", "(B, L)",
           pad=-1),
     Field("target_items", "pad", "all items recommended in this turn", "(B, T)"),
     Field("response_tokens", "pad", "BOS y_1 .. y_n EOS, vocab ids", "(B, R)"),
@@ -103,8 +106,10 @@ BUILTIN_FIELDS: tuple[Field, ...] = (
     Field("turn_index", "value", "index of the turn being answered", "(B,)", default=_zero, annotation="int"),
     Field("context_text", "list", "raw texts of the context turns", "list[list[str]]", annotation="list[str]"),
     Field("context_turns", "list",
-          "the context turns in order: {role, text (item mentions as placeholders), items (item indices "
-          "in order of mention)}", "list[list[dict]]", annotation="list[dict]"),
+          "the context turns in order, one record each: {index (turn index in the conversation), role, text "
+          "(item mentions replaced by placeholder tokens, crs.data.vocab.item_token), items (item index of each "
+          "placeholder, in text order), unplaced_items (annotated items the text does not name)}; records are "
+          "shared between samples: read-only", "list[list[dict]]", annotation="list[dict]"),
     Field("response_text", "list", "raw reply text", "list[str]", default=_empty_text, annotation="str"),
     Field("response_turn", "list", "the turn being answered, as a context_turns record", "list[dict]",
           default=_no_turn, annotation="dict"),

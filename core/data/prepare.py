@@ -10,10 +10,10 @@ from dataclasses import replace
 
 import torch
 
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError, DataError, check_choice
 from ..interfaces import ItemIndex
 from ..knowledge import IndexedGraph
-from .schema import Corpus, Conversation
+from .schema import Conversation, Corpus
 from .vocab import Vocabulary
 
 UNLINKED_PREFIX = "item:"  # entity-graph node name of an item the KG does not know
@@ -25,29 +25,49 @@ def _unit_hash(text: str) -> float:
     return int.from_bytes(digest, "big") / 2.0**64
 
 
-def ensure_valid_split(corpus: Corpus, fraction: float, seed: int) -> Corpus:
+VALID_BY = ("conversation", "user")
+
+
+def ensure_valid_split(corpus: Corpus, fraction: float, seed: int, by: str = "conversation") -> Corpus:
     """Carve a "valid" split out of train when the corpus has none (or an empty one).
 
-    Membership depends only on a hash of (seed, conversation id), so adding or
-    removing other conversations never moves one between train and valid.
-    At least one conversation is carved when `fraction` > 0 and train has two or more.
+    ``by="conversation"``: each train conversation goes to valid when a hash of
+    (seed, conversation id) falls below `fraction`.  ``by="user"``: the same test on
+    (seed, user id) moves all conversations of a user together, so validation users
+    are disjoint from train users (what user-level models such as CCRS are judged
+    on); conversations without a user id are hashed by conversation id instead, and
+    the corpus report counts them (``valid_by_conversation_fallback``).
+
+    Membership depends only on the hash, so adding or removing other conversations
+    never moves one between train and valid.  At least one conversation (or user) is
+    carved when `fraction` > 0 and train has two or more of them.
     """
+    check_choice(by, VALID_BY, "samples.valid_by")
     if corpus.split("valid"):
         return corpus
     if not 0.0 <= fraction < 1.0:
         raise ConfigError("samples.valid_fraction", f"{fraction} is not in [0, 1)",
                           "use e.g. 0.1 to hold out 10% of train for validation")
     train = corpus.split("train")
-    if fraction == 0.0 or len(train) < 2:
+    # the unit each conversation is carved with: its user, or itself
+    units = [f"user:{conv.user_id}" if by == "user" and conv.user_id else f"conversation:{conv.id}"
+             for conv in train]
+    distinct = list(dict.fromkeys(units))
+    if fraction == 0.0 or len(distinct) < 2:
         return replace(corpus, splits={**corpus.splits, "valid": []})
-    keys = [_unit_hash(f"{seed}:{conv.id}") for conv in train]
-    chosen = {i for i, key in enumerate(keys) if key < fraction}
+    # the hashed text is "<seed>:<id>" for both units, as it always was for conversations
+    keys = {unit: _unit_hash(f"{seed}:{unit.partition(':')[2]}") for unit in distinct}
+    chosen = {unit for unit, key in keys.items() if key < fraction}
     if not chosen:
-        chosen = {min(range(len(train)), key=keys.__getitem__)}
+        chosen = {min(distinct, key=keys.__getitem__)}
     splits = dict(corpus.splits)
-    splits["train"] = [c for i, c in enumerate(train) if i not in chosen]
-    splits["valid"] = [c for i, c in enumerate(train) if i in chosen]
-    report = {**corpus.report, "valid_carved_from_train": len(chosen)}
+    splits["train"] = [c for c, unit in zip(train, units) if unit not in chosen]
+    splits["valid"] = [c for c, unit in zip(train, units) if unit in chosen]
+    report = {**corpus.report, "valid_carved_from_train": len(splits["valid"])}
+    if by == "user":
+        report["valid_by"] = "user"
+        report["valid_users"] = sum(unit.startswith("user:") for unit in chosen)
+        report["valid_by_conversation_fallback"] = sum(not conv.user_id for conv in train)
     return replace(corpus, splits=splits, report=report)
 
 
@@ -110,11 +130,15 @@ def build_item_index(corpus: Corpus, entity_graph: IndexedGraph) -> ItemIndex:
 
 
 def build_vocab(corpus: Corpus, min_freq: int, items: ItemIndex) -> Vocabulary:
-    """Vocabulary of the train texts, item mentions replaced by `@<item_id>`, plus every item token."""
+    """Vocabulary of the train texts, item mentions replaced by placeholder tokens, plus every item's token.
+
+    Item tokens come first (ids 5 .. 4 + n_items, in item order), then words by falling
+    count; the vocabulary keeps each token's train count (``Vocabulary.counts``).
+    """
     from .build import replace_mentions
 
     texts = (replace_mentions(turn) for conv in corpus.split("train") for turn in conv.turns)
-    return Vocabulary.build(texts, min_freq=max(1, min_freq), extra=[f"@{i}" for i in items.ids])
+    return Vocabulary.build(texts, min_freq=max(1, min_freq), extra=list(items.token_index))
 
 
 def build_user_index(corpus: Corpus) -> dict[str, int]:

@@ -112,7 +112,7 @@ def build_pipeline(spec: PipelineSpec, registry: Any, resolved: dict) -> Pipelin
     corpus = dataset.load()
     if spec.samples.max_train_conversations:
         corpus = prepare.limit_train(corpus, spec.samples.max_train_conversations)
-    corpus = prepare.ensure_valid_split(corpus, spec.samples.valid_fraction, spec.seed)
+    corpus = prepare.ensure_valid_split(corpus, spec.samples.valid_fraction, spec.seed, spec.samples.valid_by)
     timings["load_data_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()

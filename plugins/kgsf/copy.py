@@ -51,11 +51,17 @@ def word_node_tokens(graph: "IndexedGraph", vocab: "Vocabulary") -> torch.Tensor
 
 def entity_node_tokens(num_nodes: int, item_ids: Sequence[str], item_nodes: torch.Tensor,
                        vocab: "Vocabulary") -> torch.Tensor:
-    """long (num_nodes,): the vocab id of ``@<item_id>`` for item nodes, 0 for every other node."""
+    """long (num_nodes,): the vocab id of each item node's placeholder token, 0 for every other node.
+
+    The token is :func:`crs.data.vocab.item_token` of the item id, the same function the
+    vocabulary and mention replacement use, so every item with a node is copyable
+    whatever its id looks like (INSPIRED's DBpedia URIs included).
+    """
+    from crs.data.vocab import item_token
+
     tokens = torch.zeros(num_nodes, dtype=torch.long)
     for item_id, node in zip(item_ids, item_nodes.tolist()):
-        name = item_id if str(item_id).startswith("@") else f"@{item_id}"
-        token = vocab.index.get(name, 0)
+        token = vocab.index.get(item_token(item_id), 0)
         if token and 0 < node < num_nodes:
             tokens[node] = token
     return tokens

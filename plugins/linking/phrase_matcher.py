@@ -77,9 +77,13 @@ class PhraseMatcher(EntityLinker):
 
     def link(self, text: str) -> list[int]:
         """Node indices named in `text`, in order of first mention, greedy longest match."""
-        tokens = tokenize(text)
+        return list(dict.fromkeys(node for _, _, node in self.link_tokens(tokenize(text))))
+
+    def link_tokens(self, tokens: list[str]) -> list[tuple[int, int, int]]:
+        """``(start, end, node)`` token spans of the phrases in `tokens` (``crs.data.vocab.tokenize``
+        output), left to right, greedy longest match; the sample builder tags context tokens with them."""
         phrases, longest_from = self.phrases, self.longest_from
-        found: dict[int, None] = {}
+        found: list[tuple[int, int, int]] = []
         i, n = 0, len(tokens)
         while i < n:
             longest = longest_from.get(tokens[i], 0)
@@ -87,8 +91,8 @@ class PhraseMatcher(EntityLinker):
             for length in range(min(longest, n - i), 0, -1):
                 node = phrases.get(tuple(tokens[i:i + length]))
                 if node is not None:
-                    found.setdefault(node, None)
+                    found.append((i, i + length, node))
                     step = length
                     break
             i += step
-        return list(found)
+        return found
