@@ -6,7 +6,9 @@ Each line is one dialogue: a JSON list of turns ``{"role": "SEEKER"|"RECOMMENDER
 Conventions:
 
 * items are DBpedia movie URIs (``movie_link``), used both as item ids and as the
-  items' entity-graph node names; ``Item.name`` is the ``movie_name`` first seen;
+  items' entity-graph node names; ``Item.name`` is the ``movie_name`` first seen.
+  A URI is no single token, so in texts an item becomes ``crs.data.vocab.item_token``
+  of it: a slug plus a stable hash, e.g. ``@Knives_Out_667cea77``;
 * ``item_set: recommended`` (default) makes every movie some RECOMMENDER turn
   mentions (in any split) an item -- exactly UniCRS's ``item_ids.json`` (1,123
   movies for INSPIRED); movies only seekers mention then become ``Turn.entities``.
