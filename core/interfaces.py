@@ -189,6 +189,10 @@ class Generator(ModelComponent):
     """Outputs ``loss.gen`` (teacher forcing) and, for perplexity, ``nll_sum`` / ``nll_count``.
 
     ``generate`` decodes replies (greedy unless the component says otherwise).
+    A generator with a tokenizer of its own (a pretrained LM) overrides
+    ``generate_text`` instead and returns strings; ``inputs["recommend"]``, when the
+    pipeline has a recommender, is a callable ``k -> LongTensor (B, k)`` of item
+    indices, best first, for filling item placeholders.
     """
 
     kind = "generator"
@@ -196,6 +200,14 @@ class Generator(ModelComponent):
     def generate(self, inputs: dict[str, Any], max_len: int) -> torch.Tensor:  # pragma: no cover
         """Return long (B, T) token ids, without BOS, stopping at EOS."""
         raise NotImplementedError
+
+    def generate_text(self, inputs: dict[str, Any], max_len: int) -> list[str] | None:
+        """Reply texts (B strings) of at most `max_len` generated tokens.
+
+        The default, None, means "this generator returns vocabulary ids through
+        :meth:`generate`".
+        """
+        return None
 
 
 MODEL_KINDS = _kinds.MODEL_KINDS  # the kinds that fill `model:` slots, from the one kind table (crs.kinds)
