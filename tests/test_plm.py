@@ -328,6 +328,27 @@ def test_bad_featurizer_options_name_their_keys(tiny_lm):
         PLMTokens(PLMTokens.Config(tokenizer=str(tiny_lm / "missing")), deps)
 
 
+def test_chat_format_uses_the_tokenizers_template(pipeline, tiny_lm, tmp_path):
+    from transformers import AutoTokenizer
+
+    from crs.plugins.plm.featurizer import PLMTokens
+
+    chat = AutoTokenizer.from_pretrained(tiny_lm)
+    chat.chat_template = ("{% for m in messages %}{{ m.role }} : {{ m.content }} [EOS] {% endfor %}"
+                          "{% if add_generation_prompt %}assistant :{% endif %}")
+    chat.save_pretrained(tmp_path)
+    featurizer = PLMTokens(PLMTokens.Config(tokenizer=str(tmp_path), format="chat"),
+                           BuildDeps(path="samples.featurizers.0", items=pipeline.items))
+    sample = next(s for s in pipeline.samples["train"] if len(s.context_turns) == 3)
+    conv = next(c for c in pipeline.corpus.splits["train"] if c.id == sample.conv_id)
+    turns = featurizer.turns(sample, conv)[0]
+    assert {role for role, _ in turns} == {"seeker", "recommender"}
+    text = featurizer.tokenizer.decode(featurizer.featurize(sample, conv)["plm_context_ids"])
+    names = {"seeker": "user", "recommender": "assistant"}
+    expected = "".join(f"{names[role]} : {said} [EOS] " for role, said in turns) + "assistant :"
+    assert text == featurizer.tokenizer.decode(featurizer.tokenizer(expected, add_special_tokens=False)["input_ids"])
+
+
 def test_tiny_llama_learns_the_demo_corpus_and_is_scored_from_its_text(pipeline, monkeypatch):
     """The proof: trains on the featurizer's ids (no tokenizer call), then the evaluator scores its text."""
     from transformers import PreTrainedTokenizerBase
