@@ -107,16 +107,25 @@ class EpochLoop:
         return iter(self._bar)
 
     # ------------------------------------------------------------------ loss
-    def loss(self, state_or_batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(self, state_or_batch: dict, params: dict[str, torch.Tensor] | None = None
+             ) -> tuple[torch.Tensor, dict[str, float]]:
         """The stage's weighted objective and its parts.
 
         Given a batch, runs ``model.compute(batch, wanted)`` first; given a state
         that already holds every wanted loss, uses it as is.  Returns ``(total,
         parts)`` where ``parts`` maps each loss key (unweighted) and ``"loss"``
         (the weighted total) to a float.
+
+        With ``params`` (``{"<slot>.<param>": tensor}``, see :mod:`crs.training.meta`)
+        the model always runs, functionally, with those tensors in place of its own
+        parameters: a MAML inner or query pass.  The model's parameters are untouched.
         """
         state = state_or_batch
-        if not all(key in state for key in self.wanted):
+        if params is not None:
+            from .meta import functional_compute  # meta imports this module
+
+            state = functional_compute(self.model, params, state_or_batch, self.wanted)
+        elif not all(key in state for key in self.wanted):
             state = self.model.compute(state_or_batch, self.wanted)
         return weighted_objective(state, self.objectives, self.plan.path)
 
