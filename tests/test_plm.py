@@ -115,6 +115,16 @@ def test_resolve_source_finds_package_folders_without_importing(tmp_path, monkey
     assert "no installed package 'no_such_model_package_xyz'" in str(err.value) and "pip install" in str(err.value)
 
 
+def test_the_shipped_tiny_description_resolves_through_mapped_package_folders():
+    import crs.plugins.plm  # noqa: F401  (crs.plugins lives in plugins/, not under crs's own folder)
+
+    folder = resolve_source("package:crs.plugins.plm.tiny")
+    assert folder == resolve_source("package:crs.plugins.plm/tiny") and Path(folder, "config.json").is_file()
+    model = load_causal_lm("package:crs.plugins.plm.tiny", random_init=True)
+    tok = load_tokenizer("package:crs.plugins.plm.tiny")
+    assert model.get_input_embeddings().weight.shape[0] == len(tok) == 616
+
+
 def test_unreachable_hub_id_names_the_key_and_the_way_out(monkeypatch):
     import crs.plm
 
@@ -124,6 +134,8 @@ def test_unreachable_hub_id_names_the_key_and_the_way_out(monkeypatch):
     text = str(err.value)
     assert "samples.featurizers.0.tokenizer" in text and "unreachable offline" in text
     assert "local folder" in text and PACKAGE_PREFIX in text
+    with pytest.raises(ConfigError, match="unreachable offline"):  # asked not to go online: no probe either
+        load_causal_lm("crs-tests/no-such-model", local_files_only=True, key="model.generator.source")
 
 
 @pytest.mark.skipif(importlib.util.find_spec("gguf") is not None, reason="the gguf package is installed")

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, ClassVar, Optional
 
 import torch
 import torch.nn.functional as F
@@ -65,6 +65,13 @@ class HFCausalLM(Generator):
     """A pretrained (or freshly initialised) causal LM fine-tuned to write the recommender's reply."""
 
     ppl_unit = "subtoken"  # nll_count counts tokenizer sub-tokens (crs.evaluation reports gen.ppl/subtoken)
+    # The component contract (crs.testing.check_contract) builds it from the tiny description shipped
+    # with crs.  Its tiny batch has no plm_tokens fields, so the example reads the word-id fields: the
+    # contract checks ports, shapes and gradients, for which any ids below the tokenizer's size do.
+    contract_node: ClassVar[dict] = {
+        "source": "package:crs.plugins.plm.tiny", "random_init": True,
+        "inputs": {"context": "batch.context_tokens", "context_mask": "batch.context_tokens_mask",
+                   "response": "batch.response_tokens", "response_mask": "batch.response_tokens_mask"}}
 
     @dataclass
     class Config:
