@@ -136,6 +136,7 @@ def validate_components(spec: PipelineSpec, registry: Any, source: Any = None) -
         source = locator
     nodes: list[tuple[Any, Any, str]] = [("dataset", spec.data, "data")]
     nodes += [("knowledge_source", node, f"knowledge.{name}") for name, node in spec.knowledge.items()]
+    nodes += [("shared_module", node, f"shared.{name}") for name, node in spec.shared.items()]
     if spec.linker is not None:
         nodes.append(("entity_linker", spec.linker, "linker"))
     nodes += [(MODEL_KINDS, node, f"model.{slot}") for slot, node in spec.model.items()]

@@ -111,6 +111,8 @@ class PipelineSpec:
     device: str = "cpu"
     threads: int = 0  # torch threads; 0 = torch's default
     knowledge: dict[str, Node] = field(default_factory=dict)
+    # modules several slots use (one token embedding, one PLM), built once; slots name them (crs.shared)
+    shared: dict[str, Node] = field(default_factory=dict)
     linker: Optional[Node] = None  # links non-item words into the entity graph
     samples: SamplesSpec = field(default_factory=SamplesSpec)
     evaluation: EvaluationSpec = field(default_factory=EvaluationSpec)

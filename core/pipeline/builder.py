@@ -15,6 +15,7 @@ from ..data.vocab import Vocabulary
 from ..errors import ConfigError
 from ..interfaces import MODEL_KINDS, BuildDeps, ItemIndex
 from ..knowledge import ENTITY, WORD, IndexedGraph, ItemTexts, KnowledgeGraph
+from ..shared import build_shared
 from .model import PipelineModel
 from .wiring import wire
 
@@ -156,13 +157,16 @@ def build_pipeline(spec: PipelineSpec, registry: Any, resolved: dict) -> Pipelin
     timings["build_samples_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
+    # modules several slots use (`shared:`) are built once, before the slots that name them
+    shared = build_shared(spec.shared, registry, _model_deps("shared", vocab, items, graphs, item_texts, users))
     slots, renames = {}, {}
     for name, node in spec.model.items():
         deps = _model_deps(f"model.{name}", vocab, items, graphs, item_texts, users)
+        deps.shared = shared
         component = registry.build(MODEL_KINDS, node, f"model.{name}", deps)
         slots[name] = component
         renames[name] = getattr(component, "port_renames", {})
-    model = PipelineModel(slots, wire(slots, renames, batch_keys(extra_fields))).to(spec.device)
+    model = PipelineModel(slots, wire(slots, renames, batch_keys(extra_fields)), shared).to(spec.device)
     timings["build_model_s"] = time.perf_counter() - t0
     log.info("pipeline built: %s", {k: round(v, 2) for k, v in timings.items()})
     return Pipeline(spec=spec, resolved=resolved, registry=registry, corpus=corpus, vocab=vocab, items=items,
