@@ -141,6 +141,20 @@ class Component:
         self.config = config
         self.path = deps.path  # YAML path of the node, for error messages
 
+    # Lifecycle hooks (crs.training.callbacks): no-ops unless a component overrides them.
+    # Keyword arguments only; take ``**context`` and read what you need (``stage``, ``split``, ``pipeline``).
+    def on_train_start(self, **context: Any) -> None:
+        """A stage that trains this model starts (also when resumed)."""
+
+    def on_train_end(self, **context: Any) -> None:
+        """That stage ended (best state restored)."""
+
+    def on_eval_start(self, **context: Any) -> None:
+        """An evaluation or validation pass starts; the model is already in eval mode."""
+
+    def on_eval_end(self, **context: Any) -> None:
+        """That pass ended."""
+
 
 # ----------------------------------------------------------------- model slots
 class ModelComponent(Component, nn.Module):
@@ -279,6 +293,29 @@ class EvaluationProtocol(Component):
 
     def candidate_mask(self, batch: dict, n_items: int) -> torch.Tensor | None:
         """Bool (B, n_items), True where an item may be ranked; None = all items."""
+        return None
+
+    # Adaptation at evaluation time (e.g. per user, CCRS).  The evaluator calls these only when ``adapts``.
+    adapts: ClassVar[bool] = False
+
+    def tasks(self, samples: list) -> list[tuple[list, list, dict]]:
+        """Split a split's recommender-turn samples into ``(support, query, info)`` tasks.
+
+        Only the query samples are scored (rec: through :meth:`rec_samples`), with the
+        parameters :meth:`adapt` returns for the task's support; ``info`` (e.g.
+        ``{"user": 3, "unit": "user"}``) is for the report.  Default: one task, no support.
+        """
+        return [([], list(samples), {})]
+
+    def adapt(self, pipeline: Any, support: dict[str, list], task: str) -> "dict[str, torch.Tensor] | None":
+        """Fast weights for one task, ``{"<slot>.<param>": tensor}`` (see crs.training.meta), or None.
+
+        ``support`` holds the task's support samples per evaluation task: ``"rec"``
+        (expanded by :meth:`rec_samples`) and ``"conv"`` (conversation samples); `task`
+        says which pass asks ("rec" or "conv").  Called under ``torch.enable_grad()``
+        with the model in eval mode; it must not change the model (adapt functionally,
+        e.g. with ``crs.training.meta.adapt_on_batches``).  None scores the task unadapted.
+        """
         return None
 
 

@@ -3,40 +3,73 @@
 ``evaluate`` returns ``{protocol_id: {metric_key: value}}``.  Recommendation
 metrics depend on the protocol (which samples, which candidates); conversation
 metrics (Dist, BLEU, F1, PPL, ...) do not, so they are computed once and copied
-into every protocol's dict, making each report section complete on its own.
+into every protocol's dict, making each report section complete on its own.  The
+exception is a protocol that adapts the model per task (``adapts``, e.g.
+``user_adapt``): it scores only its query samples, each task with its own fast
+weights, so it gets its own recommendation *and* conversation pass.
+
+Adaptation: for each ``(support, query, info)`` of ``protocol.tasks(samples)``,
+``protocol.adapt(pipeline, support, "rec"|"conv")`` returns fast weights under
+``torch.enable_grad()`` (also inside the trainer's ``no_grad`` validation); the
+query samples are then scored through ``functional_call`` with them.  The model's
+parameters never change, and the slot cache never keeps outputs computed from
+fast weights (see :mod:`crs.pipeline.model`), so nothing leaks from one task to
+the next.
 
 The returned object is an :class:`EvaluationResults`, a plain ``dict`` of that
-shape with three attributes on the side (they are not keys, so code iterating
-over protocols never trips over them):
+shape with attributes on the side (they are not keys, so code iterating over
+protocols never trips over them):
 
 - ``examples``: up to ``EXAMPLES`` dicts ``{"context", "reference", "hypothesis"}``
   from the first generated replies, for the report;
 - ``sample_counts``: ``{protocol_id: {"rec": n_scored, "conv": n_ppl, "gen": n_generated}}``;
-- ``timings``: seconds spent on ``rec/<protocol_id>`` and ``conv``;
-- ``rankings``: ``{protocol_id: [{"conv_id", "turn", "target", "rank", "top"}, ...]}``, one
+- ``timings``: seconds spent on ``rec/<protocol_id>``, ``conv`` and ``conv/<protocol_id>`` (adapting ones);
+- ``rankings``: ``{protocol_id: [{"conv_id", "turn", "user", "target", "rank", "top"}, ...]}``, one
   record per scored sample (``target``/``top`` are item ids, ``top`` the first ``TOP_SHOWN``
-  items ranked, ``rank`` null for a target the protocol excluded): what ``crs compare`` pairs
-  up for significance tests and what error analysis reads.
+  items ranked, ``rank`` null for a target the protocol excluded, ``user`` the sample's user
+  index; adapting protocols add ``adapted``: whether fast weights scored it): what ``crs compare``
+  pairs up for significance tests and what error analysis reads;
+- ``generations``: one record per generated reply, ``{"conv_id", "turn", "context" (the context
+  turn texts), "reference", "generated", "recommended" (top-5 item ids from the recommender, []
+  without one), "items_in_reply" (item ids whose placeholder token the reply contains)}``;
+  ``reference`` is the word sequence the metrics compared, ``generated`` the reply as the
+  generator wrote it (detokenized ids, or a text generator's own text).  They come from the
+  shared conversation pass, or from the first adapting protocol's when every protocol adapts;
+- ``adaptation``: ``{protocol_id: {"rec"|"conv": {"tasks", "adapted", "support", "query",
+  "units": {unit: n_tasks}}}}`` for adapting protocols.
+
+Perplexity is per word for vocabulary generators (``gen.ppl``).  A generator whose
+``nll_count`` counts something else declares ``ppl_unit`` (e.g. ``"subtoken"``);
+every ``nll`` metric key then carries it: ``gen.ppl/subtoken``, so numbers in
+different units never share a row of a report.
+
+Text generators (``model.generates_text``) are scored on their text split into words
+with ``crs.data.vocab.tokenize`` and passed through ``vocab.encode``/``decode``,
+exactly as the references are, so hypotheses and references share one tokenization.
 """
 from __future__ import annotations
 
 import time
-from typing import Any, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Iterator
 
 import torch
 
-from ..data.vocab import detokenize
+from ..data.vocab import detokenize, tokenize
 from ..errors import ConfigError
+from ..training.callbacks import notify
 from .ranking import apply_candidate_mask, target_ranks
 
 EXAMPLES = 5
 CONTEXT_TURNS_SHOWN = 3  # the examples show the last turns only: enough to judge the reply
 TASKS = ("rec", "gen", "nll")
 TOP_SHOWN = 10
+RECOMMENDED_SHOWN = 5  # items listed next to each generated reply
+WORD_UNIT = "word"
 
 
 class EvaluationResults(dict):
-    """``{protocol_id: {metric_key: float}}`` plus ``examples``, ``sample_counts`` and ``timings``."""
+    """``{protocol_id: {metric_key: float}}`` plus the side attributes the module docstring lists."""
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
@@ -44,6 +77,17 @@ class EvaluationResults(dict):
         self.sample_counts: dict[str, dict[str, int]] = {}
         self.timings: dict[str, float] = {}
         self.rankings: dict[str, list[dict[str, Any]]] = {}
+        self.generations: list[dict[str, Any]] = []
+        self.adaptation: dict[str, dict[str, Any]] = {}
+
+
+@dataclass
+class _Group:
+    """Samples scored with one set of parameters (None: the model's own)."""
+
+    samples: list
+    params: dict[str, torch.Tensor] | None = None
+    info: dict = field(default_factory=dict)
 
 
 def evaluate(pipeline: Any, split: str, *, protocols: Iterable[Any] | None = None, generate: bool = True,
@@ -56,12 +100,13 @@ def evaluate(pipeline: Any, split: str, *, protocols: Iterable[Any] | None = Non
     :param generate: also decode replies and feed the ``gen`` metrics (otherwise
         only perplexity is computed for the generator).
     :param max_samples: when > 0, generate for at most that many conversation
-        samples (perplexity still covers the whole split).
+        samples per conversation pass (perplexity still covers them all).
     :param progress: show tqdm progress bars.
     :param tasks: which parts to run: "rec" (ranking under each protocol) and/or "conv"
         (perplexity and generation). Validation for early stopping on a rec metric
         passes ("rec",) so that no conversation pass runs every epoch.
-    The model is put in eval mode and restored to its previous mode afterwards.
+    The model is put in eval mode (then ``on_eval_start`` is called on its components,
+    ``on_eval_end`` after) and restored to its previous mode afterwards.
     """
     ev = pipeline.spec.evaluation
     protocols = _build_protocols(pipeline) if protocols is None else list(protocols)
@@ -74,26 +119,44 @@ def evaluate(pipeline: Any, split: str, *, protocols: Iterable[Any] | None = Non
     rec_metrics = [m for m in metrics if m.task == "rec"]
     model = pipeline.model
     results = EvaluationResults()
+    tasks = set(tasks)
     was_training = model.training
     model.eval()
+    notify(model, "on_eval_start", split=split, pipeline=pipeline)
     try:
         with torch.no_grad():
-            conv_values, conv_counts = {}, {}
-            tasks = set(tasks)
-            if model.has_generator and "conv" in tasks:
+            conv_metrics = [m for m in metrics if m.task == "nll" or (generate and m.task == "gen")]
+            run_conv = model.has_generator and "conv" in tasks
+
+            sinks = [results]  # examples and generation records come from the first conversation pass
+
+            def conv_pass(groups: list[_Group], timing_key: str) -> tuple[dict[str, float], dict[str, int]]:
                 started = time.perf_counter()
-                conv_metrics = [m for m in metrics if m.task == "nll" or (generate and m.task == "gen")]
-                conv_values, conv_counts = _conversation_metrics(
-                    pipeline, split, conv_metrics, ev.batch_size, ev.max_gen_tokens, max_samples, progress,
-                    results.examples)
-                results.timings["conv"] = time.perf_counter() - started
+                out = _conversation_metrics(pipeline, groups, conv_metrics, ev.batch_size, ev.max_gen_tokens,
+                                            max_samples, progress, sinks.pop() if sinks else None)
+                results.timings[timing_key] = time.perf_counter() - started
+                return out
+
+            shared_values, shared_counts = {}, {}
+            if run_conv and any(not getattr(p, "adapts", False) for p in protocols):
+                shared_values, shared_counts = conv_pass([_Group(pipeline.task_samples(split, "conv"))], "conv")
             for protocol in protocols:
                 pid = protocol.id
+                adapts = bool(getattr(protocol, "adapts", False))
                 values: dict[str, float] = {}
-                counts = dict(conv_counts)
+                counts: dict[str, int] = {}
+                conv_values, conv_counts = shared_values, shared_counts
+                if adapts and run_conv:
+                    groups = _adapted_groups(pipeline, split, protocol, "conv", results)
+                    conv_values, conv_counts = conv_pass(groups, f"conv/{pid}")
+                counts.update(conv_counts)
                 if model.has_recommender and "rec" in tasks:
                     started = time.perf_counter()
-                    results.rankings[pid] = _rec_metrics(pipeline, split, protocol, rec_metrics, ev.batch_size,
+                    if adapts:
+                        groups = _adapted_groups(pipeline, split, protocol, "rec", results)
+                    else:
+                        groups = [_Group(protocol.rec_samples(pipeline.samples.get(split, [])))]
+                    results.rankings[pid] = _rec_metrics(pipeline, groups, protocol, rec_metrics, ev.batch_size,
                                                          progress)
                     counts["rec"] = len(results.rankings[pid])
                     values.update(_collect(rec_metrics))
@@ -102,6 +165,7 @@ def evaluate(pipeline: Any, split: str, *, protocols: Iterable[Any] | None = Non
                 results[pid] = values
                 results.sample_counts[pid] = counts
     finally:
+        notify(model, "on_eval_end", split=split, pipeline=pipeline)
         model.train(was_training)
     return results
 
@@ -124,10 +188,12 @@ def _build_metrics(pipeline: Any) -> list[Any]:
     return metrics
 
 
-def _collect(metrics: list[Any]) -> dict[str, float]:
+def _collect(metrics: list[Any], nll_unit: str = WORD_UNIT) -> dict[str, float]:
+    """Every metric's values, in config order; ``nll`` keys get ``/<unit>`` unless the unit is the word."""
     values: dict[str, float] = {}
     for metric in metrics:
-        values.update({key: float(v) for key, v in metric.compute().items()})
+        suffix = f"/{nll_unit}" if metric.task == "nll" and nll_unit != WORD_UNIT else ""
+        values.update({f"{key}{suffix}": float(v) for key, v in metric.compute().items()})
     return values
 
 
@@ -139,67 +205,140 @@ def _bar(iterable: Iterable, enabled: bool, desc: str) -> Iterable:
     return tqdm(iterable, desc=desc, leave=False)
 
 
-def _rec_metrics(pipeline: Any, split: str, protocol: Any, metrics: list[Any], batch_size: int,
+# --------------------------------------------------------------- adaptation
+def _adapted_groups(pipeline: Any, split: str, protocol: Any, task: str, results: EvaluationResults) -> list[_Group]:
+    """One group per adaptation task of `protocol`, with the fast weights its support gives."""
+    raw = list(pipeline.samples.get(split, []))
+    conv_ids = {id(s) for s in pipeline.task_samples(split, "conv")} if pipeline.model.has_generator else set()
+    groups: list[_Group] = []
+    stats = {"tasks": 0, "adapted": 0, "support": 0, "query": 0, "units": {}}
+    for support, query, info in protocol.tasks(raw):
+        if task == "rec":
+            scored = protocol.rec_samples(query)
+        else:
+            scored = [s for s in query if id(s) in conv_ids]
+        if not scored:
+            continue
+        params = None
+        if support:
+            by_task = {"rec": protocol.rec_samples(support), "conv": [s for s in support if id(s) in conv_ids]}
+            with torch.enable_grad():
+                params = protocol.adapt(pipeline, by_task, task)
+            stats["support"] += len(by_task[task])
+        adapted = params is not None
+        groups.append(_Group(scored, params, {**info, "adapted": adapted}))
+        stats["tasks"] += 1
+        stats["adapted"] += adapted
+        stats["query"] += len(scored)
+        unit = str(info.get("unit", "task"))
+        stats["units"][unit] = stats["units"].get(unit, 0) + 1
+    results.adaptation.setdefault(protocol.id, {})[task] = stats
+    return groups
+
+
+def _run(model: Any, params: dict[str, torch.Tensor] | None, batch: dict, wanted: list[str], **kwargs: Any) -> dict:
+    """``model.compute`` with the model's parameters, or functionally with `params`."""
+    if params is None:
+        return model.compute(batch, wanted)
+    from ..training.meta import functional_compute  # torch.func only when something adapts
+
+    return functional_compute(model, params, batch, wanted, **kwargs)
+
+
+def _group_batches(pipeline: Any, groups: list[_Group], batch_size: int) -> Iterator[tuple[_Group, dict]]:
+    for group in groups:
+        for batch in pipeline.batches(group.samples, batch_size, shuffle=False, seed=0):
+            yield group, batch
+
+
+# ------------------------------------------------------------ recommendation
+def _rec_metrics(pipeline: Any, groups: list[_Group], protocol: Any, metrics: list[Any], batch_size: int,
                  progress: bool) -> list[dict[str, Any]]:
     """Feed ``metrics`` with the protocol's masked scores; returns one ranking record per scored sample."""
     for metric in metrics:
         metric.reset()
-    samples = protocol.rec_samples(pipeline.samples.get(split, []))
     item_ids = pipeline.items.ids
     n_items = len(item_ids)
     records: list[dict[str, Any]] = []
-    batches = pipeline.batches(samples, batch_size, shuffle=False, seed=0)
-    for batch in _bar(batches, progress, f"rec {protocol.id}"):
-        scores = pipeline.model.compute(batch, ["scores"])["scores"]
+    adapts = bool(getattr(protocol, "adapts", False))
+    for group, batch in _bar(_group_batches(pipeline, groups, batch_size), progress, f"rec {protocol.id}"):
+        scores = _run(pipeline.model, group.params, batch, ["scores"])["scores"]
         scores = apply_candidate_mask(scores, protocol.candidate_mask(batch, n_items))
         targets = batch["batch.target_item"].to(scores.device)
         for metric in metrics:
             metric.update(scores, targets)
         ranks = target_ranks(scores, targets).tolist()
         top = scores.topk(min(TOP_SHOWN, n_items), dim=1)
-        for sample, rank, top_scores, top_items in zip(samples[len(records):], ranks, top.values.tolist(),
+        for sample, rank, top_scores, top_items in zip(batch["batch.samples"], ranks, top.values.tolist(),
                                                        top.indices.tolist()):
-            records.append({"conv_id": sample.conv_id, "turn": sample.turn_index,
-                            "target": item_ids[sample.target_item], "rank": rank if rank != float("inf") else None,
-                            "top": [item_ids[i] for i, v in zip(top_items, top_scores) if v != float("-inf")]})
+            record = {"conv_id": sample.conv_id, "turn": sample.turn_index, "user": sample.user_index,
+                      "target": item_ids[sample.target_item], "rank": rank if rank != float("inf") else None,
+                      "top": [item_ids[i] for i, v in zip(top_items, top_scores) if v != float("-inf")]}
+            if adapts:
+                record["adapted"] = group.info.get("adapted", False)
+            records.append(record)
     return records
 
 
-def _conversation_metrics(pipeline: Any, split: str, metrics: list[Any], batch_size: int, max_len: int,
+# -------------------------------------------------------------- conversation
+def _conversation_metrics(pipeline: Any, groups: list[_Group], metrics: list[Any], batch_size: int, max_len: int,
                           max_samples: int, progress: bool,
-                          examples: list[dict[str, str]]) -> tuple[dict[str, float], dict[str, int]]:
-    """One pass over the conversation samples: perplexity on all, generation on the first ``max_samples``."""
+                          sink: EvaluationResults | None) -> tuple[dict[str, float], dict[str, int]]:
+    """One pass over the groups' samples: perplexity on all, generation on the first ``max_samples``.
+
+    Examples and generation records go to `sink` (None: not kept).
+    """
     nll_metrics = [m for m in metrics if m.task == "nll"]
     gen_metrics = [m for m in metrics if m.task == "gen"]
     for metric in metrics:
         metric.reset()
-    samples = pipeline.task_samples(split, "conv")
-    gen_budget = len(samples) if max_samples <= 0 else min(max_samples, len(samples))
+    model = pipeline.model
+    total = sum(len(g.samples) for g in groups)
+    gen_budget = total if max_samples <= 0 else min(max_samples, total)
     generated = 0
-    for batch in _bar(pipeline.batches(samples, batch_size, shuffle=False, seed=0), progress, "conv"):
+    item_of_token = _item_lookup(pipeline.items) if sink is not None else None
+    for group, batch in _bar(_group_batches(pipeline, groups, batch_size), progress, "conv"):
         if nll_metrics:
-            state = pipeline.model.compute(batch, ["nll_sum", "nll_count"])
+            state = _run(model, group.params, batch, ["nll_sum", "nll_count"])
             for metric in nll_metrics:
                 metric.update(float(state["nll_sum"]), float(state["nll_count"]))
         if gen_metrics and generated < gen_budget:
             take = min(gen_budget - generated, batch["batch.response_tokens"].shape[0])
-            hyps, refs = _decode_batch(pipeline, batch, max_len, take)
+            texts, hyps, refs = _decode_batch(pipeline, batch, max_len, take, group.params)
             for metric in gen_metrics:
                 metric.update(hyps, refs)
-            _keep_examples(examples, batch, hyps, refs)
+            if sink is not None:
+                _keep_examples(sink.examples, batch, hyps, refs)
+                _keep_generations(sink.generations, pipeline, batch, texts, refs, group.params, item_of_token)
             generated += take
-    counts = {"conv": len(samples) if nll_metrics else 0, "gen": generated}
-    return _collect(metrics), counts
+    counts = {"conv": total if nll_metrics else 0, "gen": generated}
+    return _collect(metrics, getattr(model, "nll_unit", WORD_UNIT)), counts
 
 
-def _decode_batch(pipeline: Any, batch: dict, max_len: int, take: int) -> tuple[list[list[str]], list[list[str]]]:
-    """Word tokens of the first ``take`` generated replies and of their references."""
+def _decode_batch(pipeline: Any, batch: dict, max_len: int, take: int, params: dict | None = None
+                  ) -> tuple[list[str], list[list[str]], list[list[str]]]:
+    """The first ``take`` replies as written, and the word tokens of them and of their references."""
     # Generation runs on the whole batch (cheaper than re-collating a smaller one); extra rows are dropped.
-    generated = pipeline.model.generate(batch, max_len=max_len)
-    vocab = pipeline.vocab
-    hyps = [vocab.decode(row.tolist()) for row in generated[:take]]
+    model, vocab = pipeline.model, pipeline.vocab
+    if getattr(model, "generates_text", False):
+        if params is None:
+            texts = list(model.generate_text(batch, max_len=max_len))[:take]
+        else:
+            from ..pipeline.model import GENERATED_TEXT
+
+            texts = list(_run(model, params, batch, [], generate_len=max_len, as_text=True)[GENERATED_TEXT])[:take]
+        hyps = [vocab.decode(vocab.encode(text)) for text in texts]  # the references' own word tokenization
+    else:
+        if params is None:
+            ids = model.generate(batch, max_len=max_len)
+        else:
+            from ..pipeline.model import GENERATED
+
+            ids = _run(model, params, batch, [], generate_len=max_len)[GENERATED]
+        hyps = [vocab.decode(row.tolist()) for row in ids[:take]]
+        texts = [detokenize(hyp) for hyp in hyps]
     refs = [vocab.decode(row.tolist()) for row in batch["batch.response_tokens"][:take]]
-    return hyps, refs
+    return texts, hyps, refs
 
 
 def _keep_examples(examples: list[dict[str, str]], batch: dict, hyps: list[list[str]],
@@ -210,3 +349,27 @@ def _keep_examples(examples: list[dict[str, str]], batch: dict, hyps: list[list[
             return
         examples.append({"context": " | ".join(context[-CONTEXT_TURNS_SHOWN:]),
                          "reference": detokenize(ref), "hypothesis": detokenize(hyp)})
+
+
+def _keep_generations(records: list[dict[str, Any]], pipeline: Any, batch: dict, texts: list[str],
+                      refs: list[list[str]], params: dict | None, item_of_token: Callable[[str], int]) -> None:
+    model, item_ids = pipeline.model, pipeline.items.ids
+    recommended: list[list[int]] = [[] for _ in texts]
+    if model.has_recommender:
+        scores = _run(model, params, batch, ["scores"])["scores"]
+        recommended = scores.topk(min(RECOMMENDED_SHOWN, scores.shape[-1]), dim=-1).indices[:len(texts)].tolist()
+    samples = batch.get("batch.samples") or []
+    for sample, text, ref, top in zip(samples, texts, refs, recommended):
+        in_reply = dict.fromkeys(i for i in map(item_of_token, tokenize(text)) if i >= 0)
+        records.append({"conv_id": sample.conv_id, "turn": sample.turn_index, "context": list(sample.context_text),
+                        "reference": detokenize(ref), "generated": text,
+                        "recommended": [item_ids[i] for i in top], "items_in_reply": [item_ids[i] for i in in_reply]})
+
+
+def _item_lookup(items: Any) -> Callable[[str], int]:
+    """token -> item index (-1 when the token names no item)."""
+    finder = getattr(items, "item_of_token", None)
+    if callable(finder):
+        return finder
+    index = {f"@{item_id}": i for i, item_id in enumerate(items.ids)}
+    return lambda token: index.get(token, -1)

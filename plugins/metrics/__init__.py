@@ -3,7 +3,7 @@
 Registered lazily by ``module:Class`` so that loading this plugin imports no torch.
 Metrics: ``recall``, ``mrr``, ``ndcg`` (task rec), ``dist``, ``bleu``, ``f1``,
 ``item_ratio`` (task gen), ``ppl`` (task nll).  Protocols: ``crslab``, ``fresh``,
-``cold_start`` (see :mod:`crs.plugins.metrics.protocols`).
+``cold_start``, ``user_adapt`` (see :mod:`crs.plugins.metrics.protocols`).
 """
 from crs.hookspecs import hookimpl
 
@@ -24,6 +24,7 @@ PROTOCOLS = {
     "crslab": f"{_HERE}.protocols:CRSLabProtocol",
     "fresh": f"{_HERE}.protocols:FreshProtocol",
     "cold_start": f"{_HERE}.protocols:ColdStartProtocol",
+    "user_adapt": f"{_HERE}.protocols:UserAdaptProtocol",
 }
 
 

@@ -10,19 +10,33 @@ item (``candidates: all``, the only option so far).  They differ in exclusions:
 - ``fresh`` (id ``fresh-v1``): only recommended items not mentioned earlier, and
   mentioned items are removed from the candidates (score -inf);
 - ``cold_start`` (id ``cold-start-v1``): as crslab, restricted to turns whose
-  context mentions no item (KGSF section 5.1.3).
+  context mentions no item (KGSF section 5.1.3);
+- ``user_adapt`` (id ``user-adapt-v1``): CCRS's meta-test.  Each user's
+  conversations, ordered by conversation id, are split into support (the first
+  floor(n/2)) and query (the rest); the model takes ``rec_adapt.steps`` SGD steps
+  on the support's recommendation loss (conversation pass: then ``conv_adapt.steps``
+  on its generation loss), scores the query with those fast weights and discards
+  them.  Targets and candidates as in crslab.  A user with one conversation is
+  scored unadapted (``split.single: query_only``) or, with ``turn_split``, adapts
+  on the first half of that conversation's recommender turns; conversations of
+  unknown users (index 0, e.g. INSPIRED, which has no user ids) are each their
+  own task, reported with unit "conversation".  ``steps: 0`` scores exactly what
+  crslab scores on the query subset.
 
 The id carries a version: change what a protocol does, bump its id, so that
 numbers in old reports never silently change meaning.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
 from crs.data.samples import Sample
-from crs.errors import ConfigError
+from crs.errors import ConfigError, check_choice
 from crs.interfaces import BuildDeps, EvaluationProtocol
 
 CANDIDATE_SETS = ("all",)
@@ -96,3 +110,116 @@ class ColdStartProtocol(_ItemProtocol):
 
     def keeps_turn(self, sample: Sample) -> bool:
         return not sample.context_items
+
+
+# ------------------------------------------------------------------ user_adapt
+SINGLE_MODES = ("query_only", "turn_split")
+ORDERS = ("conversation_id",)
+UNKNOWN_USER = 0  # user index of conversations without a user id
+
+
+@dataclass
+class TaskSplitConfig:
+    order: str = "conversation_id"  # how a user's conversations are ordered before halving
+    single: str = "query_only"  # a user with one conversation: scored unadapted, or split by turns
+
+
+@dataclass
+class RecAdaptConfig:
+    steps: int = 1  # SGD steps on the support (0 = no adaptation)
+    lr: float = 0.006
+    inner: list[str] = field(default_factory=lambda: ["*"])  # fnmatch globs over <slot>.<param>
+    outer_only: list[str] = field(default_factory=list)  # never adapted, even if `inner` matches
+    objectives: dict[str, float] = field(default_factory=lambda: {"rec": 1.0})
+
+
+@dataclass
+class ConvAdaptConfig(RecAdaptConfig):
+    lr: float = 3e-4
+    objectives: dict[str, float] = field(default_factory=lambda: {"gen": 1.0})
+
+
+@dataclass
+class UserAdaptConfig(ProtocolConfig):
+    split: TaskSplitConfig = field(default_factory=TaskSplitConfig)
+    rec_adapt: RecAdaptConfig = field(default_factory=RecAdaptConfig)
+    conv_adapt: ConvAdaptConfig = field(default_factory=ConvAdaptConfig)
+
+
+class UserAdaptProtocol(_ItemProtocol):
+    """Per-user adaptation on earlier conversations, scored on later ones (CCRS meta-test)."""
+
+    id = "user-adapt-v1"
+    Config = UserAdaptConfig
+    adapts = True
+
+    def __init__(self, config: UserAdaptConfig, deps: BuildDeps):
+        super().__init__(config, deps)
+        check_choice(config.split.order, ORDERS, f"{deps.path}.split.order")
+        check_choice(config.split.single, SINGLE_MODES, f"{deps.path}.split.single")
+        for key in ("rec_adapt", "conv_adapt"):
+            block = getattr(config, key)
+            if block.steps < 0:
+                raise ConfigError(f"{deps.path}.{key}.steps", f"must be >= 0 (0 = no adaptation), got {block.steps}")
+            if not math.isfinite(block.lr) or block.lr <= 0:
+                raise ConfigError(f"{deps.path}.{key}.lr", f"must be a positive number, got {block.lr}",
+                                  "CCRS uses 0.006 (rec) and 3e-4 (conv)")
+            if not block.inner:
+                raise ConfigError(f"{deps.path}.{key}.inner", "no parameter pattern is given",
+                                  "list globs over <slot>.<param>, e.g. ['*'] or ['generator.encoder.*']")
+
+    # ------------------------------------------------------------- tasks
+    def tasks(self, samples: list[Sample]) -> list[tuple[list[Sample], list[Sample], dict]]:
+        """One task per user (unknown users: per conversation), in order of user index, then conversation."""
+        groups: dict[tuple[int, str], dict[str, list[Sample]]] = {}
+        for sample in samples:
+            key = (sample.user_index, "") if sample.user_index != UNKNOWN_USER else (UNKNOWN_USER, sample.conv_id)
+            groups.setdefault(key, {}).setdefault(sample.conv_id, []).append(sample)
+        out = []
+        for (user, conv), conversations in sorted(groups.items(), key=lambda kv: (kv[0][0], _conv_order(kv[0][1]))):
+            info = {"user": user, "unit": "conversation" if user == UNKNOWN_USER else "user"}
+            order = sorted(conversations, key=_conv_order)
+            if len(order) >= 2:
+                half = len(order) // 2
+                support = [s for c in order[:half] for s in conversations[c]]
+                query = [s for c in order[half:] for s in conversations[c]]
+            elif self.config.split.single == "turn_split":
+                turns = sorted(conversations[order[0]], key=lambda s: s.turn_index)
+                support, query = turns[:len(turns) // 2], turns[len(turns) // 2:]
+            else:
+                support, query = [], list(conversations[order[0]])
+            out.append((support, query, info))
+        return out
+
+    # ------------------------------------------------------------ adapt
+    def adapt(self, pipeline: Any, support: dict[str, list], task: str) -> dict[str, torch.Tensor] | None:
+        """Rec: ``rec_adapt`` steps on the rec support.  Conv: the same, then ``conv_adapt`` steps from there."""
+        model = pipeline.model
+        params: dict[str, torch.Tensor] | None = None
+        rec, conv = self.config.rec_adapt, self.config.conv_adapt
+        if rec.steps and support.get("rec") and model.has_recommender:
+            params = self._adapt(pipeline, support["rec"], rec, None, f"{self.path}.rec_adapt")
+        if task == "conv" and conv.steps and support.get("conv"):
+            adapted = self._adapt(pipeline, support["conv"], conv, params, f"{self.path}.conv_adapt")
+            params = {**(params or {}), **adapted}
+        return params
+
+    def _adapt(self, pipeline: Any, samples: list, cfg: RecAdaptConfig, start: dict[str, torch.Tensor] | None,
+               path: str) -> dict[str, torch.Tensor]:
+        from crs.training import meta
+        from crs.training.stage import resolve_objectives
+
+        model = pipeline.model
+        objectives = resolve_objectives(dict(cfg.objectives), set(model.loss_keys()), path)
+        inner = meta.select_params(meta.named_parameters(model), cfg.inner, cfg.outer_only, path=path)
+        start = start or {}
+        initial = {name: start.get(name, tensor) for name, tensor in inner.items()}
+        batch_size = int(pipeline.spec.evaluation.batch_size)
+        return meta.adapt_on_batches(model, initial,
+                                     lambda: pipeline.batches(samples, batch_size, shuffle=False, seed=0),
+                                     objectives, steps=cfg.steps, lr=cfg.lr, path=path, fixed=start)
+
+
+def _conv_order(conv_id: str) -> tuple:
+    """Conversation ids in numeric order where they are numbers (ReDial's "20001" < "100000"), else by text."""
+    return tuple((0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", conv_id) if part)
