@@ -52,6 +52,7 @@ class _Pass:
     # pass can neither evict the entry for the real parameters nor leave its outputs
     # behind for the next pass (one user's adapted graph for the next user).
     foreign: set[str] = field(default_factory=set)
+    foreign_slots: set[str] = field(default_factory=set)
 
 
 class PipelineModel(nn.Module):
@@ -76,7 +77,11 @@ class PipelineModel(nn.Module):
 
         # Shared modules a slot calls through a SharedRef are not its submodules, but their
         # tensors decide its outputs as much as its own: the cache key covers them too.
-        self._borrowed = {name: list(borrowed(module).values()) for name, module in slots.items()}
+        # (Listed once here: a slot that gains submodules after construction is not supported.)
+        # The submodules whose tensors key a static slot's cache entry: its own and those it borrows.
+        self._submodules = {
+            name: list({id(m): m for root in (module, *borrowed(module).values()) for m in root.modules()}.values())
+            for name, module in slots.items() if name in self._static}
         self._check_reserved_keys()
 
     def _check_reserved_keys(self) -> None:
@@ -230,30 +235,44 @@ class PipelineModel(nn.Module):
                 where = "the batch" if port.key in BATCH_KEYS else "an earlier slot"
                 raise WiringError(f"model.{slot}.inputs.{local}", f"'{port.key}' was expected from {where} but is missing")
         module = self.slots[slot]
-        modules = [module, *self._borrowed.get(slot, ())]
-        foreign = (any(p.key in run.foreign for p in sw.inputs.values())
-                   or any(not isinstance(p, nn.Parameter) for m in modules for p in m.parameters()))
-        key = self._cache_key(slot, modules, inputs)
-        entry = self._cache.get(slot)
-        if key is not None and entry is not None and entry.key == key:
-            outputs = entry.outputs
+        if slot in self._static:
+            outputs = self._run_static(slot, module, inputs, run)
         else:
             outputs = module(inputs)
-            if key is not None and not foreign:
-                self._cache[slot] = _CacheEntry(key, tuple(self._key_objects(modules, inputs)), outputs)
         run.ran.add(slot)
         for local, value in outputs.items():
             if local in sw.outputs:
                 state[sw.outputs[local].key] = value
-                if foreign:
+                if slot in run.foreign_slots:
                     run.foreign.add(sw.outputs[local].key)
 
-    def _cache_key(self, slot: str, modules: list[nn.Module], inputs: dict[str, Any]) -> tuple | None:
+    def _run_static(self, slot: str, module: nn.Module, inputs: dict[str, Any], run: _Pass) -> dict[str, Any]:
+        """A batch-independent slot: from the cache when its key matches, else run (and store if allowed)."""
+        submodules = self._submodules[slot]
+        tensors = [t for m in submodules for group in (m._parameters, m._buffers) for t in group.values()
+                   if t is not None]
+        # Only static slots read static slots, so foreignness only matters (and is only computed) here.
+        foreign = (any(port.key in run.foreign for port in self.wiring.slots[slot].inputs.values())
+                   or any(not isinstance(t, nn.Parameter) for m in submodules for t in m._parameters.values()
+                          if t is not None))
+        if foreign:
+            run.foreign_slots.add(slot)
+        key = self._cache_key(submodules, tensors, inputs)
+        entry = self._cache.get(slot)
+        if key is not None and entry is not None and entry.key == key:
+            return entry.outputs
+        outputs = module(inputs)
+        if key is not None and not foreign:
+            self._cache[slot] = _CacheEntry(key, (*tensors, *(inputs[name] for name in sorted(inputs))), outputs)
+        return outputs
+
+    def _cache_key(self, submodules: list[nn.Module], tensors: list[torch.Tensor], inputs: dict[str, Any]
+                   ) -> tuple | None:
         """The slot's cache key now, or None when its outputs must not come from (or go to) the cache."""
-        if slot not in self._static or not self._cacheable(modules, inputs):
+        if not self._cacheable(submodules, tensors, inputs):
             return None
         parts: list[Any] = [self.training]
-        for obj in self._key_objects(modules, inputs):
+        for obj in (*tensors, *(inputs[name] for name in sorted(inputs))):
             if torch.is_tensor(obj):
                 if obj.is_inference():  # no version counter to tell an in-place edit
                     return None
@@ -262,15 +281,7 @@ class PipelineModel(nn.Module):
                 parts.append(id(obj))
         return tuple(parts)
 
-    @staticmethod
-    def _key_objects(modules: list[nn.Module], inputs: dict[str, Any]) -> Iterable[Any]:
-        for module in modules:
-            yield from module.parameters()
-            yield from module.buffers()
-        for name in sorted(inputs):
-            yield inputs[name]
-
-    def _cacheable(self, modules: list[nn.Module], inputs: dict[str, Any]) -> bool:
+    def _cacheable(self, submodules: list[nn.Module], tensors: list[torch.Tensor], inputs: dict[str, Any]) -> bool:
         """Whether a batch-independent slot's outputs may be shared between batches right now.
 
         True at evaluation time, and in a stage that keeps the slot frozen (KGSF's
@@ -280,12 +291,11 @@ class PipelineModel(nn.Module):
         """
         if not self.training and not torch.is_grad_enabled():
             return True
-        if any(p.requires_grad for module in modules for p in module.parameters()):
+        if any(t.requires_grad for t in tensors):
             return False
         if any(torch.is_tensor(v) and v.requires_grad for v in inputs.values()):
             return False
-        return not (self.training and any(isinstance(m, nn.Dropout) and m.p > 0
-                                          for module in modules for m in module.modules()))
+        return not (self.training and any(isinstance(m, nn.Dropout) and m.p > 0 for m in submodules))
 
 
 def _top_items(scores: torch.Tensor, k: int) -> torch.Tensor:
