@@ -39,15 +39,17 @@ def test_tasks_halve_each_users_conversations_in_id_order():
     convs = [(sorted({s.conv_id for s in sup}, key=int), sorted({s.conv_id for s in qry}, key=int), info)
              for sup, qry, info in tasks]
     assert convs == [
-        ([], ["60"], {"user": 0, "unit": "conversation"}),  # unknown users: one task per conversation
-        ([], ["61"], {"user": 0, "unit": "conversation"}),
         (["3", "20"], ["41", "100"], {"user": 1, "unit": "user"}),  # numeric order, not "100" < "20"
         (["7"], ["8", "9"], {"user": 2, "unit": "user"}),
         ([], ["50"], {"user": 3, "unit": "user"}),  # one conversation: scored unadapted
+        ([], ["60"], {"user": 0, "unit": "conversation"}),  # unknown users: one task per conversation
+        ([], ["61"], {"user": 0, "unit": "conversation"}),
     ]
     split = build(pipeline, {"type": "user_adapt", "split": {"single": "turn_split"}}).tasks(pipeline.samples["test"])
-    sup, qry, _ = split[-1]
+    sup, qry, _ = split[2]
     assert [(s.conv_id, s.turn_index) for s in sup] == [("50", 1)] and [s.turn_index for s in qry] == [3]
+    per_conversation = build(pipeline, {"type": "user_adapt", "split": {"unit": "conversation"}})
+    assert len(per_conversation.tasks(pipeline.samples["test"])) == 10
 
 
 def test_zero_steps_equals_crslab_on_the_query_subset():
@@ -64,7 +66,7 @@ def test_zero_steps_equals_crslab_on_the_query_subset():
     for key, record in keyed(plain.rankings["crslab-v1"]).items():
         assert {**record, "adapted": False} == records[key]
     assert adapted.adaptation["user-adapt-v1"]["rec"] == {
-        "tasks": 5, "adapted": 0, "support": 9, "query": 21, "units": {"conversation": 2, "user": 3}}
+        "tasks": 5, "adapted": 0, "support": 9, "query": 21, "units": {"user": 3, "conversation": 2}}
 
 
 def test_adaptation_scores_each_user_with_its_own_fast_weights_and_changes_nothing():
@@ -154,6 +156,7 @@ def test_conversation_pass_adapts_the_generator_after_the_recommender():
 
 @pytest.mark.parametrize("node, path, message", [
     ({"split": {"single": "pairs"}}, "split.single", "not a valid choice"),
+    ({"split": {"unit": "users"}}, "split.unit", "Did you mean 'user'"),
     ({"rec_adapt": {"steps": -1}}, "rec_adapt.steps", ">= 0"),
     ({"conv_adapt": {"lr": 0}}, "conv_adapt.lr", "positive"),
 ])

@@ -122,8 +122,8 @@ def evaluate(pipeline: Any, split: str, *, protocols: Iterable[Any] | None = Non
     tasks = set(tasks)
     was_training = model.training
     model.eval()
-    notify(model, "on_eval_start", split=split, pipeline=pipeline)
     try:
+        notify(model, "on_eval_start", split=split, pipeline=pipeline)
         with torch.no_grad():
             conv_metrics = [m for m in metrics if m.task == "nll" or (generate and m.task == "gen")]
             run_conv = model.has_generator and "conv" in tasks
@@ -223,7 +223,7 @@ def _adapted_groups(pipeline: Any, split: str, protocol: Any, task: str, results
         if support:
             by_task = {"rec": protocol.rec_samples(support), "conv": [s for s in support if id(s) in conv_ids]}
             with torch.enable_grad():
-                params = protocol.adapt(pipeline, by_task, task)
+                params = protocol.adapt(pipeline, by_task, task) or None  # {}: nothing moved, unadapted
             stats["support"] += len(by_task[task])
         adapted = params is not None
         groups.append(_Group(scored, params, {**info, "adapted": adapted}))

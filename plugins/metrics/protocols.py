@@ -20,8 +20,9 @@ item (``candidates: all``, the only option so far).  They differ in exclusions:
   scored unadapted (``split.single: query_only``) or, with ``turn_split``, adapts
   on the first half of that conversation's recommender turns; conversations of
   unknown users (index 0, e.g. INSPIRED, which has no user ids) are each their
-  own task, reported with unit "conversation".  ``steps: 0`` scores exactly what
-  crslab scores on the query subset.
+  own task, reported with unit "conversation" (``split.unit: conversation`` makes
+  every conversation a task).  Tasks come from :func:`crs.data.tasks.user_tasks`.
+  ``steps: 0`` scores exactly what crslab scores on the query subset.
 
 The id carries a version: change what a protocol does, bump its id, so that
 numbers in old reports never silently change meaning.
@@ -29,7 +30,6 @@ numbers in old reports never silently change meaning.
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -113,15 +113,14 @@ class ColdStartProtocol(_ItemProtocol):
 
 
 # ------------------------------------------------------------------ user_adapt
-SINGLE_MODES = ("query_only", "turn_split")
 ORDERS = ("conversation_id",)
-UNKNOWN_USER = 0  # user index of conversations without a user id
 
 
 @dataclass
 class TaskSplitConfig:
     order: str = "conversation_id"  # how a user's conversations are ordered before halving
     single: str = "query_only"  # a user with one conversation: scored unadapted, or split by turns
+    unit: str = "user"  # or "conversation": every conversation is a task (corpora without user ids)
 
 
 @dataclass
@@ -156,7 +155,10 @@ class UserAdaptProtocol(_ItemProtocol):
     def __init__(self, config: UserAdaptConfig, deps: BuildDeps):
         super().__init__(config, deps)
         check_choice(config.split.order, ORDERS, f"{deps.path}.split.order")
-        check_choice(config.split.single, SINGLE_MODES, f"{deps.path}.split.single")
+        from crs.data.tasks import SINGLE_RULES, UNITS
+
+        check_choice(config.split.single, SINGLE_RULES, f"{deps.path}.split.single")
+        check_choice(config.split.unit, UNITS, f"{deps.path}.split.unit")
         for key in ("rec_adapt", "conv_adapt"):
             block = getattr(config, key)
             if block.steps < 0:
@@ -170,26 +172,12 @@ class UserAdaptProtocol(_ItemProtocol):
 
     # ------------------------------------------------------------- tasks
     def tasks(self, samples: list[Sample]) -> list[tuple[list[Sample], list[Sample], dict]]:
-        """One task per user (unknown users: per conversation), in order of user index, then conversation."""
-        groups: dict[tuple[int, str], dict[str, list[Sample]]] = {}
-        for sample in samples:
-            key = (sample.user_index, "") if sample.user_index != UNKNOWN_USER else (UNKNOWN_USER, sample.conv_id)
-            groups.setdefault(key, {}).setdefault(sample.conv_id, []).append(sample)
-        out = []
-        for (user, conv), conversations in sorted(groups.items(), key=lambda kv: (kv[0][0], _conv_order(kv[0][1]))):
-            info = {"user": user, "unit": "conversation" if user == UNKNOWN_USER else "user"}
-            order = sorted(conversations, key=_conv_order)
-            if len(order) >= 2:
-                half = len(order) // 2
-                support = [s for c in order[:half] for s in conversations[c]]
-                query = [s for c in order[half:] for s in conversations[c]]
-            elif self.config.split.single == "turn_split":
-                turns = sorted(conversations[order[0]], key=lambda s: s.turn_index)
-                support, query = turns[:len(turns) // 2], turns[len(turns) // 2:]
-            else:
-                support, query = [], list(conversations[order[0]])
-            out.append((support, query, info))
-        return out
+        """Tasks of :func:`crs.data.tasks.user_tasks` (users by index, then unknown users' conversations)."""
+        from crs.data.tasks import user_tasks
+
+        split = self.config.split
+        return [(task.support, task.query, {"user": task.user_index, "unit": task.unit})
+                for task in user_tasks(samples, unit=split.unit, single=split.single)]
 
     # ------------------------------------------------------------ adapt
     def adapt(self, pipeline: Any, support: dict[str, list], task: str) -> dict[str, torch.Tensor] | None:
@@ -219,7 +207,3 @@ class UserAdaptProtocol(_ItemProtocol):
                                      lambda: pipeline.batches(samples, batch_size, shuffle=False, seed=0),
                                      objectives, steps=cfg.steps, lr=cfg.lr, path=path, fixed=start)
 
-
-def _conv_order(conv_id: str) -> tuple:
-    """Conversation ids in numeric order where they are numbers (ReDial's "20001" < "100000"), else by text."""
-    return tuple((0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", conv_id) if part)
