@@ -104,12 +104,20 @@ def _plugins(args: argparse.Namespace) -> int:
 # -------------------------------------------------------------- components
 def _configure_components(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("kind", nargs="?", default=None,
-                        help=f"only this kind: {', '.join(KINDS)}")
+                        help=f"only this kind: {', '.join(KINDS)}; or `fields` (the batch fields model slots "
+                             f"read) or `settings` (the pipeline keys outside components: stages, samples, ...)")
 
 
 def _components(args: argparse.Namespace) -> int:
     from .plugin_manager import get_plugin_manager
     from .registry import Registry
+
+    if args.kind in ("fields", "settings"):
+        from .config.reference import settings_reference
+        from .data.fields import field_table
+
+        print(field_table() if args.kind == "fields" else settings_reference())
+        return 0
 
     kinds = [parse_kind(args.kind)] if args.kind else list(KINDS)
     registry = Registry.from_plugin_manager(get_plugin_manager())
