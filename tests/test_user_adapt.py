@@ -199,3 +199,15 @@ def test_text_generator_is_scored_on_the_references_word_tokenization():
     # against "try a movie": 0.  Had "might" been kept (no shared tokenization), P would be 1/4.
     assert values["gen.f1"] == pytest.approx(0.2)
     assert len(results.generations) == results.sample_counts["crslab-v1"]["gen"] == 20
+
+
+def test_report_json_carries_the_adaptation_counts(tmp_path):
+    import json
+
+    from crs.evaluation import write_report
+
+    pipeline, _ = setup()
+    results = evaluate(pipeline, "test", protocols=[build(pipeline, NO_STEPS)])
+    report = json.loads(write_report(tmp_path, results, resolved_config={}).read_text())
+    assert report["adaptation"]["user-adapt-v1"]["rec"]["query"] == 21
+    assert "adaptation" in report["definitions"]

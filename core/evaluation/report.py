@@ -46,7 +46,11 @@ DEFINITIONS = {
     "rec.rank": "1 + number of candidates scored strictly higher than the target (ties favour the "
                 "target); items excluded by the protocol are never ranked",
     "gen.bleu-n": "BLEU+1 smoothed (Lin & Och 2004); mode and weights as in the metric's config",
-    "gen.ppl": "exp(total token NLL / total non-pad reference tokens) under teacher forcing",
+    "gen.ppl": "exp(total token NLL / total non-pad reference tokens) under teacher forcing; tokens are words "
+               "of the pipeline vocabulary",
+    "gen.ppl/subtoken": "as gen.ppl, but the generator's tokens are sub-word tokens of its own tokenizer "
+                        "(not comparable with word-level gen.ppl)",
+    "adaptation": "per adapting protocol and task: tasks, adapted tasks, support and query samples, task unit",
 }
 
 
@@ -103,6 +107,7 @@ def write_report(run_dir: str | Path, results: Mapping[str, Mapping[str, float]]
         "protocols": list(results),
         "metrics": {pid: dict(values) for pid, values in results.items()},
         "sample_counts": dict(getattr(results, "sample_counts", {})),
+        **({"adaptation": dict(results.adaptation)} if getattr(results, "adaptation", None) else {}),
         "definitions": DEFINITIONS,
         "config": resolved_config,
         "extra": extra,
