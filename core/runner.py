@@ -44,6 +44,7 @@ def run(config_path: str | None, overrides: list[str], *, resume: bool = False, 
 
     import torch
 
+    from .data.item_links import unlinked_note
     from .evaluation import evaluate
     from .io import atomic_write_text
     from .pipeline import build_pipeline
@@ -61,7 +62,8 @@ def run(config_path: str | None, overrides: list[str], *, resume: bool = False, 
     started = time.perf_counter()
     pipeline = build_pipeline(spec, registry, resolved)
     print(f"[crs] {spec.name}: {pipeline.corpus.name} corpus, "
-          f"{', '.join(f'{k} {len(v)} samples' for k, v in pipeline.samples.items())}, {len(pipeline.items)} items, "
+          f"{', '.join(f'{k} {len(v)} samples' for k, v in pipeline.samples.items())}, {len(pipeline.items)} items"
+          f"{unlinked_note(pipeline.corpus.report)}, "
           f"{sum(p.numel() for p in pipeline.model.parameters()):,} parameters", flush=True)
     check_split(pipeline)  # a misspelt split must not cost a whole training run first
 

@@ -217,7 +217,7 @@ class SampleBuilder:
         user = self.users.get(conv.user_id, 0)
         samples = []
         for t, turn in enumerate(conv.turns):
-            if turn.role != RECOMMENDER or t == 0:
+            if turn.role != RECOMMENDER or t == 0 or not turn.is_sample:  # is_sample: see crs.data.schema.Turn
                 continue
             context = infos[max(0, t - spec.context_turns):t] if spec.context_turns > 0 else infos[:t]
             tokens: list[int] = []
@@ -276,7 +276,8 @@ def _dedup_last(values: Iterable[int], limit: int) -> list[int]:
 def build_samples(conversations: Iterable[Conversation], *, vocab: Vocabulary, items: ItemIndex,
                   entity_graph: IndexedGraph | None, word_graph: IndexedGraph | None, linker: Any = None,
                   users: dict[str, int], spec: SamplesSpec, stopwords: Iterable[str] | None = None) -> list[Sample]:
-    """One :class:`Sample` per recommender turn with index >= 1 (see crs.data.samples for the fields).
+    """One :class:`Sample` per recommender turn with index >= 1 that is not context only (``Turn.is_sample``;
+    see crs.data.samples for the fields).
 
     :param linker: an fitted EntityLinker over `entity_graph`, or None; its nodes are added after a
         turn's annotated item / entity mentions.

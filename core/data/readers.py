@@ -119,8 +119,11 @@ def parse_lines(path: Path | str, parse: Callable[[int, str], T], *, on_error: s
         try:
             yield line_no, parse(line_no, text)
         except (RecordError, json.JSONDecodeError) as err:
-            problem = err.problem if isinstance(err, RecordError) else f"invalid JSON ({err.msg} at column {err.colno})"
-            fix = err.fix if isinstance(err, RecordError) else "repair the line, or set on_error: skip to skip malformed lines"
+            if isinstance(err, RecordError):
+                problem, fix = err.problem, err.fix
+            else:
+                problem = f"invalid JSON ({err.msg} at column {err.colno})"
+                fix = "repair the line, or set on_error: skip to skip malformed lines"
             if on_error == "skip":
                 if skipped is not None:
                     skipped.add(path, line_no, problem)
@@ -141,14 +144,48 @@ def read_json(path: Path | str) -> Any:
         with open_text(path) as handle:
             return json.load(handle)
     except json.JSONDecodeError as err:
-        raise DataError(str(path), f"invalid JSON ({err.msg})", "repair or re-download the file", line=err.lineno) from None
+        raise DataError(str(path), f"invalid JSON ({err.msg})", "repair or re-download the file",
+                        line=err.lineno) from None
     except (EOFError, gzip.BadGzipFile, UnicodeDecodeError) as err:
         raise DataError(str(path), f"file is truncated or not UTF-8 ({err})", "re-download the file") from err
 
 
+_JSON_NAMES = {dict: "a JSON object", list: "a JSON list", str: "a string", int: "an integer", float: "a number",
+               bool: "true or false", type(None): "null"}
+
+
+def json_type(value: Any) -> str:
+    """How a parsed JSON value is called in messages ("a JSON object", "null", ...)."""
+    return _JSON_NAMES.get(type(value), type(value).__name__)
+
+
 def expect(value: Any, kind: type | tuple[type, ...], what: str, fix: str = "") -> Any:
-    """Return `value` if it is of `kind`, else raise RecordError describing `what` was wrong."""
+    """Return `value` if it is of `kind`, else raise RecordError describing `what` was wrong.
+
+    Without a `fix`, the message says what to write instead (every data error carries one).
+    """
     if not isinstance(value, kind):
-        names = " or ".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
-        raise RecordError(f"{what} should be {names}, got {type(value).__name__}", fix)
+        names = " or ".join(_JSON_NAMES.get(k, k.__name__) for k in (kind if isinstance(kind, tuple) else (kind,)))
+        raise RecordError(f"{what} should be {names}, got {json_type(value)}", fix or f"write {what} as {names}")
     return value
+
+
+def expect_text(value: Any, what: str, fix: str = "") -> str:
+    """`value` as a string when it is a string or a number; RecordError for null, booleans, lists and objects.
+
+    Ids, names and texts are strings (or numbers, e.g. ReDial's movie ids); ``str()`` of anything
+    else would silently make the id ``"None"`` or ``"[1, 2]"``, so it is a data error instead.
+    """
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    raise RecordError(f"{what} should be a string or a number, got {json_type(value)}"
+                      + (f" ({_shown(value)})" if isinstance(value, (list, dict, bool)) else ""),
+                      fix or f"write {what} as a string; a list or object here usually means the field mapping "
+                             "points at the wrong field")
+
+
+def _shown(value: Any, limit: int = 40) -> str:
+    text = json.dumps(value, ensure_ascii=False)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

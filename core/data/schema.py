@@ -29,6 +29,9 @@ class Turn:
     items: list[Mention] = field(default_factory=list)  # items (recommendable) mentioned
     entities: list[Mention] = field(default_factory=list)  # other KG entities mentioned
     recommended: list[str] = field(default_factory=list)  # item ids recommended in this turn
+    # False: a recommender turn that is context only, so build_samples makes no sample of it (a per-turn
+    # corpus's history turns that its file has no line for: one sample per line, not one per history turn)
+    is_sample: bool = True
 
 
 @dataclass
@@ -62,6 +65,10 @@ class Corpus:
     splits: dict[str, list[Conversation]]
     items: dict[str, Item]
     report: dict[str, Any] = field(default_factory=dict)
+    # True: items without an `entity` are linked to the entity graph's node of the same name (case and
+    # underscores ignored) when the pipeline indexes it (crs.data.item_links); for corpora that name items
+    # but ship no item-to-node table (`jsonl` without an items file).
+    link_items_by_name: bool = False
 
     def split(self, name: str) -> list[Conversation]:
         return self.splits.get(name, [])
