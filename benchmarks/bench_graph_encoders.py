@@ -294,7 +294,8 @@ def main(argv: list[str] | None = None) -> int:
         "machine": {"cpu_count": os.cpu_count(), "load_average": os.getloadavg(), "platform": platform.platform()},
     }
     print(f"graphs: {source}")
-    print(f"entity graph: {entity.num_nodes} nodes, {result['entity_graph']['edges_with_reverse']} edges with reverses, "
+    print(f"entity graph: {entity.num_nodes} nodes, "
+          f"{result['entity_graph']['edges_with_reverse']} edges with reverses, "
           f"{entity.num_relations} relations, {rgcn.num_pairs} (dst, rel) pairs; word graph: {word.num_nodes} nodes")
     print(f"forward+backward, median of {args.runs} (threads={args.threads}, load avg {os.getloadavg()[0]:.1f})")
     print(f"{'':8}{'ours (s)':>10}{'PyG (s)':>10}{'speed-up':>10}")

@@ -93,8 +93,9 @@ def test_field_empty_everywhere_keeps_one_masked_column():
 def test_iterate_batches_is_deterministic_and_complete():
     samples = [_sample(n) for n in range(1, 11)]
     original = list(samples)
-    order = lambda seed, shuffle=True: [s.conv_id for b in iterate_batches(samples, 3, shuffle=shuffle, seed=seed)
-                                        for s in b["batch.samples"]]
+    def order(seed, shuffle=True):
+        return [s.conv_id for b in iterate_batches(samples, 3, shuffle=shuffle, seed=seed)
+                for s in b["batch.samples"]]
     assert order(5) == order(5)
     assert order(5) != order(6)
     assert sorted(order(5)) == sorted(s.conv_id for s in samples)

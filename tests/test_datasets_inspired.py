@@ -17,13 +17,14 @@ R = "<http://dbpedia.org/resource/"
 
 def _turn(role, text, movies=(), entities=()):
     return {"role": role, "text": text, "movie": [n for _l, n in movies],
-            "movie_link": [R + l + ">" for l, _n in movies], "movie_name": [n for _l, n in movies],
-            "entity_link": [R + l + ">" for l, _n in entities], "entity_name": [n for _l, n in entities]}
+            "movie_link": [R + link + ">" for link, _n in movies], "movie_name": [n for _l, n in movies],
+            "entity_link": [R + link + ">" for link, _n in entities], "entity_name": [n for _l, n in entities]}
 
 
 DIALOGUE = [
     _turn("RECOMMENDER", "Hi! What do you like?"),
-    _turn("SEEKER", "I loved Alien and horror", movies=[("Alien_(film)", "Alien")], entities=[("Horror_film", "horror")]),
+    _turn("SEEKER", "I loved Alien and horror", movies=[("Alien_(film)", "Alien")],
+          entities=[("Horror_film", "horror")]),
     _turn("RECOMMENDER", "Try Aliens", movies=[("Aliens_(film)", "Aliens")]),
 ]
 

@@ -24,7 +24,8 @@ def _conversation(conv_id, seeker=1, rec=2):
         "conversationId": str(conv_id), "initiatorWorkerId": seeker, "respondentWorkerId": rec,
         "movieMentions": {"100": "Alpha  (1990)", "101": "Beta (1991)", "200": "Gamma (1992)", "201": "Delta"},
         "initiatorQuestions": {"100": {"liked": 1}}, "respondentQuestions": {},
-        "messages": [{"text": t, "senderWorkerId": s, "messageId": i, "timeOffset": i} for i, (s, t) in enumerate(messages)],
+        "messages": [{"text": t, "senderWorkerId": s, "messageId": i, "timeOffset": i}
+                     for i, (s, t) in enumerate(messages)],
     }
 
 
@@ -38,8 +39,10 @@ def _write_jsonl_gz(path, lines):
 def root(tmp_path):
     _write_jsonl_gz(tmp_path / "train.jsonl.gz", [_conversation(1), _conversation(2, seeker=7, rec=8)])
     _write_jsonl_gz(tmp_path / "test.jsonl.gz", [_conversation(3), "{not json", {"conversationId": "5"}])
-    (tmp_path / "movies.csv").write_text('movieId,movieName,nbMentions\n100,Alpha  (1990),3\n101,"Beta, The (1991)",1\n200,Gamma (1992),2\n')
-    (tmp_path / "link.pkl").write_bytes(pickle.dumps({100: "<http://dbpedia.org/resource/Alpha>", 101: None, 200: "<x:Gamma>"}))
+    (tmp_path / "movies.csv").write_text('movieId,movieName,nbMentions\n100,Alpha  (1990),3\n'
+                                         '101,"Beta, The (1991)",1\n200,Gamma (1992),2\n')
+    (tmp_path / "link.pkl").write_bytes(pickle.dumps({100: "<http://dbpedia.org/resource/Alpha>", 101: None,
+                                                      200: "<x:Gamma>"}))
     (tmp_path / "info.json").write_text(json.dumps({"100": {"name": "Alpha (1990)", "genre": ["drama"]}}))
     return tmp_path
 

@@ -24,7 +24,8 @@ CANONICAL = {
     "turns": [
         {"index": 1, "role": "recommender", "text": "try Up", "items": [{"id": "up", "text": "Up"}],
          "entities": ["pixar"], "recommended": ["up"]},
-        {"index": 0, "role": "seeker", "text": "a cartoon?", "items": [], "entities": [{"id": "cartoon", "text": "cartoon"}],
+        {"index": 0, "role": "seeker", "text": "a cartoon?", "items": [],
+         "entities": [{"id": "cartoon", "text": "cartoon"}],
          "recommended": []},
     ],
 }
@@ -58,7 +59,8 @@ def _invented_corpus(tmp_path):
     ]
     _write(tmp_path / "train.jsonl.gz", rows, gz=True)
     _write(tmp_path / "test.jsonl.gz", rows[:1], gz=True)
-    _write(tmp_path / "items.jsonl", [{"key": 55, "label": "Heat (1995)", "kg": "<Heat>"}, {"key": 99, "label": "Other"}])
+    _write(tmp_path / "items.jsonl", [{"key": 55, "label": "Heat (1995)", "kg": "<Heat>"},
+                                      {"key": 99, "label": "Other"}])
     fields = {"conversation_id": "dialog", "turn_index": "n", "role": "speaker", "text": "utt", "user_id": "meta.user",
               "items": "movies", "item_id": "mid", "item_text": "title", "recommended": "recs", "entities": ""}
     return dict(root=str(tmp_path), train="train.jsonl.gz", test="test.jsonl.gz", format="turn_per_line",

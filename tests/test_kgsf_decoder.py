@@ -24,7 +24,8 @@ def make_deps():
     words = IndexedGraph.from_graph("word_kg", word_kg)
     entities = IndexedGraph.from_graph("entity_kg", entity_kg)
     items = ItemIndex(ids=["101", "202"], names=["Alien", "Airplane!"],
-                      entity_nodes=torch.tensor([entities.node_index["dbr:Alien"], entities.node_index["dbr:Airplane!"]]),
+                      entity_nodes=torch.tensor([entities.node_index["dbr:Alien"],
+                                                 entities.node_index["dbr:Airplane!"]]),
                       train_counts=torch.tensor([3.0, 1.0]))
     deps = BuildDeps(path="model.generator", vocab=vocab, items=items,
                      graphs={"word_kg": words, "entity_kg": entities})
@@ -151,7 +152,8 @@ def test_copy_puts_more_mass_on_context_graph_tokens_than_no_copy():
     context_words = torch.tensor([[candidates[i][1]] for i in picks])
     response = torch.stack([torch.full((batch,), vocab.bos), targets, torch.full((batch,), vocab.eos)], 1)
     tokens = torch.full((batch, 2), vocab.index["i"])
-    node_embeddings = {"word_nodes": torch.randn(words.num_nodes, 16), "entity_nodes": torch.randn(entities.num_nodes, 16)}
+    node_embeddings = {"word_nodes": torch.randn(words.num_nodes, 16),
+                       "entity_nodes": torch.randn(entities.num_nodes, 16)}
     inputs = {"tokens": tokens, "tokens_mask": tokens != 0, "response": response, "response_mask": response != 0,
               "context_words": context_words, "context_words_mask": context_words != 0,
               "context_entities": torch.zeros(batch, 1, dtype=torch.long),
@@ -219,5 +221,6 @@ def test_passes_the_shared_component_check_on_the_tiny_batch(tiny_deps, tiny_bat
     probs = out["logits"].exp().sum(-1)
     assert torch.isfinite(out["loss.gen"]) and torch.allclose(probs, torch.ones_like(probs), atol=1e-4)
     component.eval()
-    generated = component.generate({l: batch[p.key] for l, p in ports.items() if not l.startswith("response")}, 6)
+    generated = component.generate({local: batch[p.key] for local, p in ports.items()
+                                    if not local.startswith("response")}, 6)
     assert generated.shape[0] == len(batch["batch.context_tokens"])

@@ -94,7 +94,8 @@ def _edges(tmp_path, lines):
 
 
 def test_conceptnet_filters(tmp_path):
-    path = _edges(tmp_path, ["RelatedTo\twolf\tdog", "IsA\tdog/n\tanimal", "RelatedTo\tcat\tanimal", "Synonym\twolf\tlobo"])
+    path = _edges(tmp_path, ["RelatedTo\twolf\tdog", "IsA\tdog/n\tanimal", "RelatedTo\tcat\tanimal",
+                             "Synonym\twolf\tlobo"])
     graph = ConceptNetEdges(ConceptNetEdges.Config(path=path), _deps()).load()
     assert graph.role == WORD and graph.nodes == ["wolf", "dog", "animal", "cat", "lobo"] and graph.num_edges == 4
     vocab = tmp_path / "key2index.json"

@@ -62,7 +62,8 @@ class FaissRecommender(Recommender):
     # ------------------------------------------------------------------ forward
     def user(self, inputs: dict[str, Any]) -> torch.Tensor:
         mask = inputs["items_mask"].float()
-        context = (self.item_vectors[inputs["items"]] * mask.unsqueeze(-1)).sum(1) / mask.sum(1, keepdim=True).clamp(min=1)
+        context = ((self.item_vectors[inputs["items"]] * mask.unsqueeze(-1)).sum(1)
+                   / mask.sum(1, keepdim=True).clamp(min=1))
         return context + self.query
 
     def forward(self, inputs: dict[str, Any]) -> dict[str, Any]:

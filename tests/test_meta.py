@@ -169,9 +169,11 @@ def query_mse(model: PipelineModel, tasks: list[tuple[list[Point], list[Point]]]
     errors = []
     with torch.enable_grad():
         for support, query in tasks:
-            fast, _ = meta.adapt(lambda p: meta.functional_compute(model, p, collate(support), ["loss.mse"])["loss.mse"],
+            fast, _ = meta.adapt(lambda p: meta.functional_compute(model, p, collate(support),
+                                                                   ["loss.mse"])["loss.mse"],
                                  inner, steps=adapt_steps, lr=INNER_LR, first_order=True)
-            errors.append(float(meta.functional_compute(model, fast, collate(query), ["loss.mse"])["loss.mse"].detach()))
+            errors.append(float(meta.functional_compute(model, fast, collate(query),
+                                                        ["loss.mse"])["loss.mse"].detach()))
     return sum(errors) / len(errors)
 
 

@@ -75,7 +75,8 @@ def _model_deps(path: str, vocab: Vocabulary, items: ItemIndex, graphs: dict[str
                      num_users=len(users) + 1)
 
 
-def _pick_graph(graphs: dict[str, IndexedGraph | KnowledgeGraph], role: str, wanted: str | None, key: str) -> str | None:
+def _pick_graph(graphs: dict[str, IndexedGraph | KnowledgeGraph], role: str, wanted: str | None,
+                key: str) -> str | None:
     if wanted is not None:
         if wanted not in graphs:
             raise ConfigError(f"samples.{key}", f"no knowledge graph named '{wanted}'",
@@ -89,12 +90,14 @@ def _pick_graph(graphs: dict[str, IndexedGraph | KnowledgeGraph], role: str, wan
 
 
 def _build_featurizers(spec: PipelineSpec, registry: Any, vocab: Vocabulary, items: ItemIndex,
-                       graphs: dict[str, IndexedGraph], item_texts: dict[str, ItemTexts], users: dict[str, int]) -> list:
+                       graphs: dict[str, IndexedGraph], item_texts: dict[str, ItemTexts],
+                       users: dict[str, int]) -> list:
     """The featurizers of ``samples.featurizers``, their fields checked against each other and the built-ins."""
     featurizers, declared = [], []
     for i, node in enumerate(spec.samples.featurizers):
         path = f"samples.featurizers.{i}"
-        featurizer = registry.build("featurizer", node, path, _model_deps(path, vocab, items, graphs, item_texts, users))
+        featurizer = registry.build("featurizer", node, path,
+                                    _model_deps(path, vocab, items, graphs, item_texts, users))
         check_fields([*declared, *featurizer.fields()], path)
         declared += featurizer.fields()
         featurizers.append(featurizer)

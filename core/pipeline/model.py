@@ -233,7 +233,8 @@ class PipelineModel(nn.Module):
                 inputs[local] = state[port.key]
             elif not port.optional:
                 where = "the batch" if port.key in BATCH_KEYS else "an earlier slot"
-                raise WiringError(f"model.{slot}.inputs.{local}", f"'{port.key}' was expected from {where} but is missing")
+                raise WiringError(f"model.{slot}.inputs.{local}",
+                                  f"'{port.key}' was expected from {where} but is missing")
         module = self.slots[slot]
         if slot in self._static:
             outputs = self._run_static(slot, module, inputs, run)

@@ -93,7 +93,8 @@ def wire(slots: dict[str, ModelComponent], renames: dict[str, dict[str, dict[str
         wired[name] = SlotWiring(name, ins, outs)
         for port in outs.values():
             if port.key in provider:
-                raise WiringError(f"{path}.outputs", f"slots '{provider[port.key]}' and '{name}' both write '{port.key}'",
+                raise WiringError(f"{path}.outputs",
+                                  f"slots '{provider[port.key]}' and '{name}' both write '{port.key}'",
                                   f"rename one of them with `outputs: {{port: new_key}}` under model.{name}")
             if port.key in batch:
                 raise WiringError(f"{path}.outputs", f"'{port.key}' is a batch field and cannot be written by a slot",

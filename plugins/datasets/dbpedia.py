@@ -103,7 +103,8 @@ class KGSFDBpedia(KnowledgeSource):
 
     def _stored_edges(self, subkg: Any, n_nodes: int, path: Path) -> list[tuple[int, int, int]]:
         if not isinstance(subkg, dict):
-            raise DataError(str(path), f"expected a mapping head id -> [(relation, tail), ...], got {type(subkg).__name__}")
+            raise DataError(str(path),
+                            f"expected a mapping head id -> [(relation, tail), ...], got {type(subkg).__name__}")
         edges = []
         for head in sorted(subkg):
             for pair in subkg[head]:

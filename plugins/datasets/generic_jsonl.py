@@ -86,7 +86,8 @@ def _coerce(value: Any, cls: type, path: str) -> Any:
     known = {f.name for f in dataclass_fields(cls)}
     unknown = sorted(set(value) - known)
     if unknown:
-        raise ConfigError(f"{path}.{unknown[0]}", "unknown field mapping key", f"use one of: {', '.join(sorted(known))}")
+        raise ConfigError(f"{path}.{unknown[0]}", "unknown field mapping key",
+                          f"use one of: {', '.join(sorted(known))}")
     return cls(**dict(value))
 
 
@@ -117,7 +118,8 @@ class JsonlDataset(Dataset):
         bad = {k: v for k, v in dict(config.roles).items() if v not in ROLES}
         if bad:
             key = next(iter(bad))
-            raise ConfigError(f"{self.path}.roles.{key}", f"maps to '{bad[key]}'", f"map every role to one of: {', '.join(ROLES)}")
+            raise ConfigError(f"{self.path}.roles.{key}", f"maps to '{bad[key]}'",
+                              f"map every role to one of: {', '.join(ROLES)}")
         self.roles = {str(k): v for k, v in dict(config.roles).items()}
         self.f: FieldMap = config.fields
         self._seen: set[str] = set()  # optional fields found in the file being read
@@ -177,7 +179,8 @@ class JsonlDataset(Dataset):
         def parse_row(record: Any) -> tuple[str, Any, Turn, Any]:
             expect(record, dict, "a line", "each line must be one JSON object (one turn)")
             conv_id = str(self._required(record, "conversation_id"))
-            return conv_id, self._optional(record, "turn_index"), self._turn(record, 0), self._optional(record, "user_id")
+            return (conv_id, self._optional(record, "turn_index"), self._turn(record, 0),
+                    self._optional(record, "user_id"))
 
         for line, (conv_id, order, turn, user) in iter_jsonl(path, parse_row, on_error=self.config.on_error,
                                                               skipped=skipped):
@@ -192,7 +195,8 @@ class JsonlDataset(Dataset):
                     rows.sort(key=lambda row: _order_key(row[0]))
                 except TypeError:
                     raise DataError(str(path), f"conversation {conv_id}: turn indices mix numbers and text",
-                                    f"make field '{self.f.turn_index}' (fields.turn_index) consistent", line=rows[0][1]) from None
+                                    f"make field '{self.f.turn_index}' (fields.turn_index) consistent",
+                                    line=rows[0][1]) from None
             convs.append(self._assemble(conv_id, users.get(conv_id), [turn for _, _, turn in rows]))
         return convs
 
@@ -228,7 +232,8 @@ class JsonlDataset(Dataset):
                 ident = get_path(entry, id_field)
                 if ident is _MISSING:
                     raise RecordError(f"an entry of '{source}' lacks '{id_field}'",
-                                      f"set the id subfield mapping (fields.{'item_id' if key != 'entities' else 'entity_id'})")
+                                      "set the id subfield mapping "
+                                      f"(fields.{'item_id' if key != 'entities' else 'entity_id'})")
                 text = get_path(entry, text_field)
                 out.append(Mention(str(ident), "" if text is _MISSING or text is None else str(text)))
             else:
@@ -278,7 +283,8 @@ class JsonlDataset(Dataset):
             return Item(id=str(ident), name=str(ident) if name is _MISSING else str(name),
                         entity=None if entity is _MISSING or entity is None else str(entity))
 
-        return {item.id: item for _line, item in iter_jsonl(path, parse, on_error=self.config.on_error, skipped=skipped)}
+        return {item.id: item
+                for _line, item in iter_jsonl(path, parse, on_error=self.config.on_error, skipped=skipped)}
 
 
 def _order_key(value: Any) -> Any:

@@ -159,8 +159,10 @@ class DialogueWriter:
             if rng.random() < 0.6:  # through concept words only: the word graph must do the work
                 text = rng.choice((f"I'm in the mood for something {rng.choice(genre.adjectives)}.",
                                    f"Maybe a movie with {rng.choice(genre.nouns)}?",
-                                   f"I like {rng.choice(genre.adjectives)} movies with lots of {rng.choice(genre.nouns)}.",
-                                   f"Something {rng.choice(genre.adjectives)} would be {rng.choice(lx.POSITIVE_WORDS)}."))
+                                   f"I like {rng.choice(genre.adjectives)} movies "
+                                   f"with lots of {rng.choice(genre.nouns)}.",
+                                   f"Something {rng.choice(genre.adjectives)} "
+                                   f"would be {rng.choice(lx.POSITIVE_WORDS)}."))
                 return text, [], []
             text = rng.choice((f"I love {genre.name} movies.", f"Anything {genre.name}?",
                                f"I usually watch {genre.name}, the more {rng.choice(genre.adjectives)} the better."))

@@ -72,7 +72,7 @@ def genre_node(genre: int) -> str:
 
 
 def _make_people(rng: random.Random, n_people: int) -> list[Person]:
-    names = [f"{f} {l}" for f in lx.FIRST_NAMES for l in lx.LAST_NAMES]
+    names = [f"{first} {last}" for first in lx.FIRST_NAMES for last in lx.LAST_NAMES]
     rng.shuffle(names)
     if n_people > len(names):
         raise ValueError(f"at most {len(names)} demo people")
@@ -230,7 +230,8 @@ def reviews(world: World, movie: Movie) -> list[str]:
         mood = rng.choice(lx.POSITIVE_WORDS if liked else lx.NEGATIVE_WORDS)
         star = world.people[rng.choice(movie.actors)].name
         templates = (
-            f"{with_article(mood).capitalize()} {genre.name} movie. The {rng.choice(genre.nouns)} were really {rng.choice(genre.adjectives)}.",
+            f"{with_article(mood).capitalize()} {genre.name} movie. "
+            f"The {rng.choice(genre.nouns)} were really {rng.choice(genre.adjectives)}.",
             f"{star} is {mood} here. So {rng.choice(genre.adjectives)}, I loved the {rng.choice(genre.nouns)}.",
             f"{'Really' if liked else 'Honestly'} {mood}. If you want something {rng.choice(genre.adjectives)}, "
             f"this is it.",
