@@ -103,15 +103,28 @@ def _plugins(args: argparse.Namespace) -> int:
 
 # -------------------------------------------------------------- components
 def _configure_components(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("kind", nargs="?", default=None,
-                        help=f"only this kind: {', '.join(KINDS)}; or `fields` (the batch fields model slots "
-                             f"read) or `settings` (the pipeline keys outside components: stages, samples, ...)")
+    parser.add_argument("kind", nargs="?", default=None, metavar="KIND|NAME",
+                        help=f"only this kind: {', '.join(KINDS)}; or one component by name (e.g. dot_product); "
+                             f"or `fields` (the batch fields model slots read) or `settings` (the pipeline keys "
+                             f"outside components: stages, samples, ...)")
+    parser.add_argument("--markdown", action="store_true",
+                        help="print the whole reference as Markdown (what docs/components.md holds: every "
+                             "installed component, the batch fields and the settings)")
 
 
 def _components(args: argparse.Namespace) -> int:
+    from .component_reference import describe, format_text, markdown
+    from .errors import ConfigError
     from .plugin_manager import get_plugin_manager
     from .registry import Registry
 
+    if args.markdown:
+        if args.kind is not None:
+            raise ConfigError("", f"--markdown prints the whole reference, so '{args.kind}' cannot be given with it",
+                              f"run `crs components --markdown` alone, or `crs components {args.kind}`",
+                              source="command line")
+        sys.stdout.write(markdown(Registry.from_plugin_manager(get_plugin_manager())))
+        return 0
     if args.kind in ("fields", "settings"):
         from .config.reference import settings_reference
         from .data.fields import field_table
@@ -119,31 +132,48 @@ def _components(args: argparse.Namespace) -> int:
         print(field_table() if args.kind == "fields" else settings_reference())
         return 0
 
-    kinds = [parse_kind(args.kind)] if args.kind else list(KINDS)
     registry = Registry.from_plugin_manager(get_plugin_manager())
+    kind = _kind_or_none(args.kind) if args.kind is not None else None
+    if args.kind is not None and kind is None:  # not a kind: one component by name
+        if args.kind not in registry:
+            raise _unknown_component_or_kind(args.kind, registry.names())
+        groups = {registry.get(args.kind).kind: [args.kind]}
+    else:
+        groups = {k: registry.names(k) for k in ([kind] if kind else KINDS)}
     broken = []
-    for kind in kinds:
-        names = registry.names(kind)
+    for group, names in groups.items():
         if args.kind is None and not names:
             continue
-        print(kind)
+        print(group)
         if not names:
             print("  (none registered)")
         for name in names:
-            info = registry.get(name)
             try:
-                description, fields = info.description, registry.config_fields(name)
+                print(format_text(describe(registry, name)), flush=True)
             except CRSError as err:
                 broken.append(name)
-                print(f"  {name}  [{info.plugin}]  cannot be loaded:\n    {_indent(str(err), 4)}")
-                continue
-            print(f"  {name}  [{info.plugin}]  {description}".rstrip())
-            for field, type_str, default, required in fields:
-                print(f"      {field}: {type_str}" + (" (required)" if required else f" = {default}"))
+                print(f"  {name}  [{registry.get(name).plugin}]  cannot be loaded:\n    {_indent(str(err), 4)}")
     if broken:
         print(f"error: {len(broken)} component(s) cannot be loaded: {', '.join(broken)}", file=sys.stderr)
         return 2
     return 0
+
+
+def _kind_or_none(text: str) -> str | None:
+    try:
+        return parse_kind(text)
+    except UnknownComponentError:
+        return None
+
+
+def _unknown_component_or_kind(text: str, names: list[str]) -> CRSError:
+    from .errors import ConfigError, did_you_mean
+
+    plurals = [hook.removeprefix("crs_register_") for hook in KINDS.values()]
+    candidates = [*KINDS, *plurals, "fields", "settings", *names]
+    return ConfigError("", f"unknown component kind or name '{text}'.{did_you_mean(text, candidates)}",
+                       f"give a kind ({', '.join(KINDS)}), `fields`, `settings` or a component name; "
+                       "`crs components` lists every component")
 
 
 def parse_kind(text: str) -> str:
@@ -227,7 +257,8 @@ SUBCOMMANDS: dict[str, Subcommand] = {
     "eval": Subcommand("evaluate a finished run's pipeline (other splits, protocols, metrics) without training",
                        _configure_eval, _eval),
     "plugins": Subcommand("list plugins, their versions and what they register", _configure_plugins, _plugins),
-    "components": Subcommand("list components with their config keys", _configure_components, _components),
+    "components": Subcommand("components with their config keys (help, allowed values) and ports; one by name",
+                             _configure_components, _components),
     "data": Subcommand("download public corpora or write the demo corpus to files", _configure_data, _data),
     "compare": Subcommand("paired bootstrap test of two runs' per-sample recommendation ranks",
                           _configure_compare, _compare),

@@ -166,8 +166,8 @@ def test_unknown_kind_in_a_real_process_exits_2_without_traceback(fake_install):
     proc = subprocess.run([sys.executable, "-c", "import sys; from crs.cli import main; sys.exit(main())",
                            "components", "recomender"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
-    assert proc.stderr.startswith("error: unknown component kind 'recomender'. Did you mean 'recommender'?")
-    assert "fix: use one of:" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("error: unknown component kind or name 'recomender'. Did you mean 'recommender'?")
+    assert "fix: give a kind (dataset, " in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_subcommands_are_a_table_others_can_extend(monkeypatch, capsys):

@@ -23,15 +23,18 @@ from __future__ import annotations
 import hashlib
 import random
 import re
+import typing
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence
 
 from ..errors import check_choice
 
-__all__ = ["Task", "UNITS", "SINGLE_RULES", "user_tasks", "conversation_order"]
+__all__ = ["Task", "UNITS", "SINGLE_RULES", "TaskUnit", "SingleRule", "user_tasks", "conversation_order"]
 
-UNITS = ("user", "conversation")
-SINGLE_RULES = ("query_only", "turn_split")
+TaskUnit = Literal["user", "conversation"]  # config annotations use these, so `crs components` shows the values
+SingleRule = Literal["query_only", "turn_split"]
+UNITS = typing.get_args(TaskUnit)
+SINGLE_RULES = typing.get_args(SingleRule)
 _DIGITS = re.compile(r"(\d+)")
 
 

@@ -21,6 +21,7 @@ from torch import nn
 from crs.interfaces import BuildDeps, ExternalEncoder, Port
 
 from .graph_common import (
+    Activation,
     DeviceGraphCache,
     activation,
     check_dropout,
@@ -52,7 +53,7 @@ class WordGraphGCN(ExternalEncoder):
         dim: int = 128
         layers: int = 1
         dropout: float = 0.0  # on each layer's input
-        activation: str = "none"  # none | relu | tanh, after every layer
+        activation: Activation = "none"  # after every layer
 
     def __init__(self, config: Config, deps: BuildDeps):
         super().__init__(config, deps)

@@ -1,13 +1,14 @@
 """Pieces the KGSF graph encoders share: node embeddings, activations, per-device DGL graphs."""
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Literal
 
 import torch
 from torch import nn
 
 from crs.errors import ConfigError
 
+Activation = Literal["none", "relu", "tanh"]  # the keys of ACTIVATIONS (a test checks they agree)
 ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor] | None] = {
     "none": None,
     "relu": torch.relu,

@@ -16,7 +16,9 @@ parameter), so that the popularity prior survives training and only the dot prod
 """
 from __future__ import annotations
 
+import typing
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import nn
@@ -27,7 +29,8 @@ from crs.nn import rec_cross_entropy
 
 from .graph_common import check_positive
 
-BIAS_INITS = ("zero", "popularity")
+BiasInit = Literal["zero", "popularity"]
+BIAS_INITS = typing.get_args(BiasInit)
 
 
 class DotProductRecommender(Recommender):
@@ -37,7 +40,7 @@ class DotProductRecommender(Recommender):
     class Config:
         dim: int = 128
         item_bias: bool = False
-        bias_init: str = "zero"  # zero | popularity (log of smoothed training frequencies)
+        bias_init: BiasInit = "zero"  # popularity: the log of smoothed training frequencies
         bias_trainable: bool = True  # false: the bias stays at its initial value
 
     def __init__(self, config: Config, deps: BuildDeps):

@@ -20,7 +20,9 @@ All index structures are computed once in ``__init__``.
 """
 from __future__ import annotations
 
+import typing
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
@@ -30,6 +32,7 @@ from crs.errors import ConfigError, DataError
 from crs.interfaces import BuildDeps, ExternalEncoder, Port
 
 from .graph_common import (
+    Activation,
     DeviceGraphCache,
     activation,
     check_dropout,
@@ -38,7 +41,8 @@ from .graph_common import (
     node_embeddings,
 )
 
-AGGREGATIONS = ("mean", "sum")
+Aggregation = Literal["mean", "sum"]
+AGGREGATIONS = typing.get_args(Aggregation)
 
 
 @dataclass
@@ -166,8 +170,8 @@ class EntityGraphRGCN(ExternalEncoder):
         num_bases: int = 8
         layers: int = 1
         dropout: float = 0.0  # on each layer's input
-        activation: str = "none"  # KGSF applies none after its single layer; relu | tanh for deeper stacks
-        aggregation: str = "mean"  # mean: 1/|N_r(v)| (KGSF code); sum: Z = 1 (paper text)
+        activation: Activation = "none"  # KGSF applies none after its single layer; relu or tanh for deeper stacks
+        aggregation: Aggregation = "mean"  # mean: 1/|N_r(v)| (KGSF code); sum: Z = 1 (paper text)
         bias: bool = True
 
     def __init__(self, config: Config, deps: BuildDeps):

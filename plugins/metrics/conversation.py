@@ -8,7 +8,9 @@ input seen, values are NaN (``null`` in report.json).
 from __future__ import annotations
 
 import math
+import typing
 from dataclasses import dataclass, field
+from typing import Literal
 
 from crs.errors import ConfigError
 from crs.evaluation.text import bleu_from_counts, clipped_matches, ngrams, sentence_bleu, token_f1
@@ -77,14 +79,16 @@ class BLEU(Metric):
     """
 
     task = "gen"
-    MODES = ("sentence", "corpus")
-    WEIGHTS = ("cumulative", "individual")
+    Mode = Literal["sentence", "corpus"]
+    Weights = Literal["cumulative", "individual"]
+    MODES = typing.get_args(Mode)
+    WEIGHTS = typing.get_args(Weights)
 
     @dataclass
     class Config:
         ns: list[int] = field(default_factory=lambda: [1, 2, 3, 4])  # reported orders
-        mode: str = "sentence"  # sentence | corpus
-        weights: str = "cumulative"  # cumulative | individual
+        mode: BLEU.Mode = "sentence"  # sentence: mean of per-reply BLEU; corpus: counts summed first
+        weights: BLEU.Weights = "cumulative"  # individual: the n-gram precision alone (CRSLab's bleu@n)
 
     def __init__(self, config: "BLEU.Config", deps: BuildDeps):
         super().__init__(config, deps)

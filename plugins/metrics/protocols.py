@@ -30,21 +30,24 @@ numbers in old reports never silently change meaning.
 from __future__ import annotations
 
 import math
+import typing
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
 from crs.data.samples import Sample
+from crs.data.tasks import SINGLE_RULES, UNITS, SingleRule, TaskUnit
 from crs.errors import ConfigError, check_choice
 from crs.interfaces import BuildDeps, EvaluationProtocol
 
-CANDIDATE_SETS = ("all",)
+CandidateSet = Literal["all"]
+CANDIDATE_SETS = typing.get_args(CandidateSet)
 
 
 @dataclass
 class ProtocolConfig:
-    candidates: str = "all"  # the items ranked for every sample; only "all" for now
+    candidates: CandidateSet = "all"  # the items ranked for every sample; only "all" for now
 
 
 class _ItemProtocol(EvaluationProtocol):
@@ -113,14 +116,15 @@ class ColdStartProtocol(_ItemProtocol):
 
 
 # ------------------------------------------------------------------ user_adapt
-ORDERS = ("conversation_id",)
+TaskOrder = Literal["conversation_id"]
+ORDERS = typing.get_args(TaskOrder)
 
 
 @dataclass
 class TaskSplitConfig:
-    order: str = "conversation_id"  # how a user's conversations are ordered before halving
-    single: str = "query_only"  # a user with one conversation: scored unadapted, or split by turns
-    unit: str = "user"  # or "conversation": every conversation is a task (corpora without user ids)
+    order: TaskOrder = "conversation_id"  # how a user's conversations are ordered before halving
+    single: SingleRule = "query_only"  # a user with one conversation: scored unadapted, or split by turns
+    unit: TaskUnit = "user"  # conversation: every conversation is a task (corpora without user ids)
 
 
 @dataclass
@@ -155,8 +159,6 @@ class UserAdaptProtocol(_ItemProtocol):
     def __init__(self, config: UserAdaptConfig, deps: BuildDeps):
         super().__init__(config, deps)
         check_choice(config.split.order, ORDERS, f"{deps.path}.split.order")
-        from crs.data.tasks import SINGLE_RULES, UNITS
-
         check_choice(config.split.single, SINGLE_RULES, f"{deps.path}.split.single")
         check_choice(config.split.unit, UNITS, f"{deps.path}.split.unit")
         for key in ("rec_adapt", "conv_adapt"):

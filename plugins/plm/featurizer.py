@@ -27,8 +27,9 @@ and leave *which* item to the recommender; ``item_placeholder: null`` keeps the
 """
 from __future__ import annotations
 
+import typing
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, ClassVar, Literal, Optional
 
 from crs.data.fields import Featurizer, Field
 from crs.data.schema import RECOMMENDER, SEEKER
@@ -36,7 +37,8 @@ from crs.errors import ConfigError
 from crs.interfaces import BuildDeps
 from crs.plm import item_token_function, items_to_placeholder, load_tokenizer
 
-FORMATS = ("plain", "chat")
+Format = Literal["plain", "chat"]
+FORMATS = typing.get_args(Format)
 CHAT_ROLES = {SEEKER: "user", RECOMMENDER: "assistant"}
 
 
@@ -55,6 +57,9 @@ def added_tokens(special_tokens: list[str], placeholder: Optional[str]) -> list[
 class PLMTokens(Featurizer):
     """Sub-word ids of context and reply for a pretrained language model (see the module doc)."""
 
+    # what `crs components` builds it from to list its fields (the tiny tokenizer shipped with crs)
+    contract_node: ClassVar[dict] = {"tokenizer": "package:crs.plugins.plm.tiny"}
+
     @dataclass
     class Config:
         tokenizer: str = ""  # HF model id, local folder, or package:<pip package>[/subdir]
@@ -62,7 +67,7 @@ class PLMTokens(Featurizer):
         special_tokens: list[str] = field(default_factory=list)  # added in order, e.g. ["[REC]", "[REC_END]"]
         item_placeholder: Optional[str] = "[MOVIE_ID]"  # item mentions become this token; null keeps @<id>
         prefix: str = "plm"  # field names: <prefix>_context_ids, <prefix>_response_ids
-        format: str = "plain"  # plain | chat
+        format: Format = "plain"  # chat: the tokenizer's chat template
         roles: dict[str, str] = field(default_factory=lambda: {SEEKER: "User", RECOMMENDER: "System"})
         max_context_tokens: int = 256  # the last ones are kept
         max_response_tokens: int = 64  # EOS included
