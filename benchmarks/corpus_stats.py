@@ -83,7 +83,7 @@ def graph_reach(pipeline) -> None:
 
 
 def recall_by_frequency(pipeline, runs: list[str], protocol: str, ks: tuple[int, ...] = (10, 50)) -> None:
-    from crs.evaluation.significance import load_rankings
+    from crs.evaluation.significance import gains, load_rankings
 
     counts = dict(zip(pipeline.items.ids, pipeline.items.train_counts.tolist()))
     header = "".join(f"{name + ' (n)':>16}" for name, _, _ in BUCKETS)
@@ -91,13 +91,13 @@ def recall_by_frequency(pipeline, runs: list[str], protocol: str, ks: tuple[int,
     print(f"{'run':<40}{header}")
     for run in runs:
         ranks = load_rankings(run).get(protocol, {})
-        grouped: dict[str, list[float]] = collections.defaultdict(list)
-        for (_conv, _turn, target), rank in ranks.items():
-            grouped[bucket(int(counts.get(target, 0)))].append(rank)
+        grouped: dict[str, list[tuple[float, float]]] = collections.defaultdict(list)
+        for (_conv, _turn, target), rank_and_ties in ranks.items():
+            grouped[bucket(int(counts.get(target, 0)))].append(rank_and_ties)
         cells = []
         for name, _, _ in BUCKETS:
-            r = np.array(grouped.get(name, []))
-            hits = "/".join(f"{(r <= k).mean():.2f}" for k in ks) if len(r) else "-"
+            r = np.array(grouped.get(name, []), dtype=float).reshape(-1, 2)  # (rank, ties) rows
+            hits = "/".join(f"{gains(r[:, 0], f'recall@{k}', r[:, 1]).mean():.2f}" for k in ks) if len(r) else "-"
             cells.append(f"{hits} ({len(r)})")
         label = "/".join(Path(run).parts[-2:])  # seeds live in sibling folders of the same name
         print(f"{label:<40}" + "".join(f"{c:>16}" for c in cells))

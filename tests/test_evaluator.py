@@ -141,12 +141,12 @@ def test_evaluate_per_protocol_rec_metrics_and_shared_conv_metrics():
                                    "hypothesis": "i like it"}
     # the per-sample records behind the averages, with item ids, in sample order
     assert results.rankings["crslab-v1"] == [
-        {"conv_id": "cold", "turn": 1, "user": 0, "target": "a", "rank": 1.0, "top": ["a", "b", "c", "d"]},
-        {"conv_id": "warm", "turn": 1, "user": 0, "target": "b", "rank": 1.0, "top": ["b", "d", "c", "a"]},
-        {"conv_id": "warm", "turn": 1, "user": 0, "target": "c", "rank": 3.0, "top": ["b", "d", "c", "a"]}]
+        {"conv_id": "cold", "turn": 1, "user": 0, "target": "a", "rank": 1.0, "ties": 0, "top": ["a", "b", "c", "d"]},
+        {"conv_id": "warm", "turn": 1, "user": 0, "target": "b", "rank": 1.0, "ties": 0, "top": ["b", "d", "c", "a"]},
+        {"conv_id": "warm", "turn": 1, "user": 0, "target": "c", "rank": 3.0, "ties": 0, "top": ["b", "d", "c", "a"]}]
     # fresh masks the mentioned item b: it is neither ranked nor listed
     assert results.rankings["fresh-v1"][1] == {"conv_id": "warm", "turn": 1, "user": 0, "target": "c", "rank": 2.0,
-                                               "top": ["d", "c", "a"]}
+                                               "ties": 0, "top": ["d", "c", "a"]}
     # one record per generated reply, with the recommender's top items (unmasked) and the items it names
     assert results.generations == [
         {"conv_id": "cold", "turn": 1, "context": ["hello", "cold context"], "reference": "i like it",

@@ -9,7 +9,7 @@ import torch
 
 import crs.hookspecs
 from crs.errors import ConfigError
-from crs.evaluation.ranking import apply_candidate_mask, target_ranks
+from crs.evaluation.ranking import GAINS, apply_candidate_mask, rank_targets, target_ranks
 from crs.interfaces import BuildDeps, Metric
 from crs.plugins import metrics as metrics_plugin
 from crs.plugins.metrics.conversation import BLEU, F1, Dist, ItemRatio, Perplexity
@@ -24,20 +24,37 @@ def build(cls, path="evaluation.metrics.0", **options):
 
 # ------------------------------------------------------------------ ranking
 SCORES = torch.tensor([
-    [0.1, 0.5, 0.5, 0.2],    # target 2 ties with item 1 -> rank 1 (ties favour the target)
+    [0.1, 0.5, 0.5, 0.2],    # target 2 ties with item 1: block of positions 1-2 -> mid rank 1.5
     [1.0, -INF, 0.0, 2.0],   # target 2: two strictly higher -> rank 3
-    [0.3, 0.3, 0.3, 0.3],    # all tied -> rank 1
+    [0.3, 0.3, 0.3, 0.3],    # all tied: positions 1-4 -> mid rank 2.5
 ])
 TARGETS = torch.tensor([2, 2, 1])
 
 
 def test_target_ranks_ties_and_excluded_candidates():
-    assert target_ranks(SCORES, TARGETS).tolist() == [1.0, 3.0, 1.0]
+    ranks, ties = rank_targets(SCORES, TARGETS)
+    assert ranks.tolist() == [1.5, 3.0, 2.5] and ties.tolist() == [1.0, 0.0, 3.0]
+    assert target_ranks(SCORES, TARGETS).tolist() == [1.5, 3.0, 2.5]
     # -inf candidates never outrank a target, even one with a very low score
     assert target_ranks(torch.tensor([[-INF, -5.0, -INF]]), torch.tensor([1])).tolist() == [1.0]
     # an excluded target (or NaN score) is a miss at every cut-off
     ranks = target_ranks(torch.tensor([[0.0, -INF], [float("nan"), 1.0]]), torch.tensor([1, 0]))
     assert ranks.tolist() == [INF, INF]
+    assert rank_targets(torch.tensor([[0.0, -INF, -INF]]), torch.tensor([1])).ties.tolist() == [0.0]
+
+
+def test_gains_average_over_the_tied_block():
+    # target tied with 3 others right after 2 better items: positions 3..6, mid rank 4.5
+    ranks, ties = torch.tensor([4.5]), torch.tensor([3.0])
+    assert GAINS["recall"](ranks, 4, ties).item() == pytest.approx(2 / 4)  # positions 3 and 4 of 4 count
+    assert GAINS["recall"](ranks, 2, ties).item() == 0.0
+    assert GAINS["recall"](ranks, 6, ties).item() == 1.0
+    assert GAINS["mrr"](ranks, 10, ties).item() == pytest.approx((1 / 3 + 1 / 4 + 1 / 5 + 1 / 6) / 4)
+    assert GAINS["ndcg"](ranks, 4, ties).item() == pytest.approx((1 / math.log2(4) + 1 / math.log2(5)) / 4)
+    # without ties the plain definitions; an excluded target is a miss
+    plain = torch.tensor([1.0, 4.0, 12.0, INF])
+    assert GAINS["recall"](plain, 10).tolist() == [1.0, 1.0, 0.0, 0.0]
+    assert GAINS["mrr"](plain, 10).tolist() == pytest.approx([1.0, 0.25, 0.0, 0.0])
 
 
 def test_target_ranks_rejects_bad_targets():
@@ -59,10 +76,14 @@ def test_recall_mrr_ndcg_hand_values():
         metric.update(SCORES[:2], TARGETS[:2])  # two batches: accumulation across updates
         metric.update(SCORES[2:], TARGETS[2:])
     r, m, n = recall.compute(), mrr.compute(), ndcg.compute()
-    assert r == pytest.approx({"rec.recall@1": 2 / 3, "rec.recall@2": 2 / 3, "rec.recall@10": 1.0})
-    assert m == pytest.approx({"rec.mrr@1": 2 / 3, "rec.mrr@2": 2 / 3, "rec.mrr@10": (1 + 1 / 3 + 1) / 3})
-    assert n["rec.ndcg@10"] == pytest.approx((1 + 1 / math.log2(4) + 1) / 3)
-    assert n["rec.ndcg@2"] == pytest.approx(2 / 3)
+    # per row: the gain averaged over the target's tied block (positions 1-2; 3; 1-4)
+    assert r == pytest.approx({"rec.recall@1": (1 / 2 + 0 + 1 / 4) / 3, "rec.recall@2": (1 + 0 + 2 / 4) / 3,
+                               "rec.recall@10": 1.0})
+    assert m == pytest.approx({"rec.mrr@1": (1 / 2 + 0 + 1 / 4) / 3, "rec.mrr@2": (3 / 4 + 0 + 3 / 8) / 3,
+                               "rec.mrr@10": (3 / 4 + 1 / 3 + (1 + 1 / 2 + 1 / 3 + 1 / 4) / 4) / 3})
+    dcg = [1 / math.log2(r + 1) for r in range(1, 5)]
+    assert n["rec.ndcg@10"] == pytest.approx(((dcg[0] + dcg[1]) / 2 + dcg[2] + sum(dcg) / 4) / 3)
+    assert n["rec.ndcg@2"] == pytest.approx(((dcg[0] + dcg[1]) / 2 + 0 + (dcg[0] + dcg[1]) / 4) / 3)
 
 
 def test_k_larger_than_item_count_counts_every_ranked_target():

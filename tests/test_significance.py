@@ -43,7 +43,7 @@ def test_compare_runs_pairs_samples_by_key_not_by_position(tmp_path):
     # B lists the same samples in reverse order, plus one A never ranked
     b = records([20, 20, 20, 20, 20, 20, 20])[::-1] + records([1], conv_prefix="only-b")
     write_rankings(tmp_path / "b", {"crslab-v1": b})
-    assert load_rankings(tmp_path / "a")["crslab-v1"][("c6", 2, "item6")] == float("inf")
+    assert load_rankings(tmp_path / "a")["crslab-v1"][("c6", 2, "item6")] == (float("inf"), 0.0)  # (rank, ties)
     [r10] = compare_runs(tmp_path / "a", tmp_path / "b", metrics=["recall@10"], resamples=500)
     assert (r10.protocol, r10.samples) == ("crslab-v1", 7)
     assert r10.a == pytest.approx(4 / 7) and r10.b == 0.0 and r10.diff == pytest.approx(4 / 7)

@@ -24,11 +24,12 @@ protocols never trips over them):
   from the first generated replies, for the report;
 - ``sample_counts``: ``{protocol_id: {"rec": n_scored, "conv": n_ppl, "gen": n_generated}}``;
 - ``timings``: seconds spent on ``rec/<protocol_id>``, ``conv`` and ``conv/<protocol_id>`` (adapting ones);
-- ``rankings``: ``{protocol_id: [{"conv_id", "turn", "user", "target", "rank", "top"}, ...]}``, one
+- ``rankings``: ``{protocol_id: [{"conv_id", "turn", "user", "target", "rank", "ties", "top"}, ...]}``, one
   record per scored sample (``target``/``top`` are item ids, ``top`` the first ``TOP_SHOWN``
-  items ranked, ``rank`` null for a target the protocol excluded, ``user`` the sample's user
-  index; adapting protocols add ``adapted``: whether fast weights scored it): what ``crs compare``
-  pairs up for significance tests and what error analysis reads;
+  items ranked, ``rank`` the target's mid rank among its ties and ``ties`` how many other items share
+  its score (see :mod:`crs.evaluation.ranking`), ``rank`` null for a target the protocol excluded,
+  ``user`` the sample's user index; adapting protocols add ``adapted``: whether fast weights scored
+  it): what ``crs compare`` pairs up for significance tests and what error analysis reads;
 - ``generations``: one record per generated reply, ``{"conv_id", "turn", "context" (the context
   turn texts), "reference", "generated", "recommended" (top-5 item ids from the recommender, []
   without one), "items_in_reply" (item ids whose placeholder token the reply contains)}``;
@@ -36,7 +37,15 @@ protocols never trips over them):
   generator wrote it (detokenized ids, or a text generator's own text).  They come from the
   shared conversation pass, or from the first adapting protocol's when every protocol adapts;
 - ``adaptation``: ``{protocol_id: {"rec"|"conv": {"tasks", "adapted", "support", "query",
-  "units": {unit: n_tasks}}}}`` for adapting protocols.
+  "units": {unit: n_tasks}}}}`` for adapting protocols;
+- ``withheld``: ``{protocol_id: {metric_key: reason}}`` for values that are NaN because they would
+  not be results: the perplexity (``nll`` metrics) of a generator that no stage trains (see
+  :func:`crs.training.stage.trained_by_stages`), and the rec metrics of a protocol that keeps none
+  of the split's recommendation samples.
+
+Evaluating on nothing is refused (:func:`check_evaluable`, a DataError): a split with no
+samples, a recommender on a split where no sample recommends an item, or a generator on a
+split with no reply to score.  Averages over no samples would be NaN, exit code 0.
 
 Perplexity is per word for vocabulary generators (``gen.ppl``).  A generator whose
 ``nll_count`` counts something else declares ``ppl_unit`` (e.g. ``"subtoken"``);
@@ -56,9 +65,9 @@ from typing import Any, Callable, Iterable, Iterator
 import torch
 
 from ..data.vocab import detokenize, tokenize
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
 from ..training.callbacks import notify
-from .ranking import apply_candidate_mask, target_ranks
+from .ranking import apply_candidate_mask, rank_targets
 
 EXAMPLES = 5
 CONTEXT_TURNS_SHOWN = 3  # the examples show the last turns only: enough to judge the reply
@@ -79,6 +88,24 @@ class EvaluationResults(dict):
         self.rankings: dict[str, list[dict[str, Any]]] = {}
         self.generations: list[dict[str, Any]] = []
         self.adaptation: dict[str, dict[str, Any]] = {}
+        self.withheld: dict[str, dict[str, str]] = {}
+
+
+def check_evaluable(pipeline: Any, split: str, tasks: Iterable[str] = ("rec", "conv")) -> None:
+    """A DataError unless `split` has samples for every requested task the model can do (see the module doc)."""
+    samples = pipeline.samples.get(split) or []
+    corpus = getattr(getattr(pipeline, "corpus", None), "name", None)
+    where = f"{corpus + ' corpus, ' if corpus else ''}split '{split}'"
+    fix = ("check the data files and filters (data.*, samples.max_train_conversations), or evaluate another "
+           "split (evaluation.split, crs eval --split)")
+    if not samples:
+        raise DataError(where, "no samples to evaluate on; every metric would be an average over nothing", fix)
+    model, tasks = pipeline.model, set(tasks)
+    if "rec" in tasks and model.has_recommender and not any(getattr(s, "target_items", None) for s in samples):
+        raise DataError(where, f"none of its {len(samples)} samples recommends an item, so there is nothing "
+                        "to rank", fix)
+    if "conv" in tasks and model.has_generator and not pipeline.task_samples(split, "conv"):
+        raise DataError(where, f"none of its {len(samples)} samples has a reply to score the generator on", fix)
 
 
 @dataclass
@@ -120,6 +147,8 @@ def evaluate(pipeline: Any, split: str, *, protocols: Iterable[Any] | None = Non
     model = pipeline.model
     results = EvaluationResults()
     tasks = set(tasks)
+    check_evaluable(pipeline, split, tasks)
+    untrained = _untrained_generator(pipeline)
     was_training = model.training
     model.eval()
     try:
@@ -145,6 +174,7 @@ def evaluate(pipeline: Any, split: str, *, protocols: Iterable[Any] | None = Non
                 adapts = bool(getattr(protocol, "adapts", False))
                 values: dict[str, float] = {}
                 counts: dict[str, int] = {}
+                withheld: dict[str, str] = {}
                 conv_values, conv_counts = shared_values, shared_counts
                 if adapts and run_conv:
                     groups = _adapted_groups(pipeline, split, protocol, "conv", results)
@@ -161,13 +191,37 @@ def evaluate(pipeline: Any, split: str, *, protocols: Iterable[Any] | None = Non
                     counts["rec"] = len(results.rankings[pid])
                     values.update(_collect(rec_metrics))
                     results.timings[f"rec/{pid}"] = time.perf_counter() - started
+                    if not counts["rec"]:
+                        withheld.update(dict.fromkeys(values, f"{pid} keeps none of the split's recommendation "
+                                                              "samples"))
                 values.update(conv_values)
+                if untrained and conv_values:
+                    unit = getattr(model, "nll_unit", WORD_UNIT)
+                    nll_keys = _collect([m for m in conv_metrics if m.task == "nll"], unit)
+                    withheld.update(dict.fromkeys((k for k in nll_keys if k in values), untrained))
+                for key in withheld:
+                    values[key] = float("nan")
+                if withheld:
+                    results.withheld[pid] = withheld
                 results[pid] = values
                 results.sample_counts[pid] = counts
     finally:
         notify(model, "on_eval_end", split=split, pipeline=pipeline)
         model.train(was_training)
     return results
+
+
+def _untrained_generator(pipeline: Any) -> str | None:
+    """Why the generator's perplexity is not a result (no stage trains it), or None."""
+    from ..training.stage import trained_by_stages
+
+    model = pipeline.model
+    slot = getattr(model, "generator_slot", None)
+    stages = getattr(pipeline.spec, "stages", None)
+    if slot is None or stages is None or trained_by_stages(model, stages, slot):
+        return None
+    return (f"no stage trains the generator slot '{slot}', so this is the perplexity of its initial weights "
+            "(add a stage that trains it, e.g. train: [" + slot + "])")
 
 
 def _build_protocols(pipeline: Any) -> list[Any]:
@@ -198,11 +252,12 @@ def _collect(metrics: list[Any], nll_unit: str = WORD_UNIT) -> dict[str, float]:
 
 
 def _bar(iterable: Iterable, enabled: bool, desc: str) -> Iterable:
+    """A progress bar as training draws them: only when `enabled` and stderr is a terminal (never in log files)."""
     if not enabled:
         return iterable
-    from tqdm import tqdm
+    from ..training.run_log import progress_bar
 
-    return tqdm(iterable, desc=desc, leave=False)
+    return progress_bar(iterable, enabled=enabled, desc=desc)
 
 
 # --------------------------------------------------------------- adaptation
@@ -267,12 +322,13 @@ def _rec_metrics(pipeline: Any, groups: list[_Group], protocol: Any, metrics: li
         targets = batch["batch.target_item"].to(scores.device)
         for metric in metrics:
             metric.update(scores, targets)
-        ranks = target_ranks(scores, targets).tolist()
+        ranks, ties = (values.tolist() for values in rank_targets(scores, targets))
         top = scores.topk(min(TOP_SHOWN, n_items), dim=1)
-        for sample, rank, top_scores, top_items in zip(batch["batch.samples"], ranks, top.values.tolist(),
-                                                       top.indices.tolist()):
+        for sample, rank, tied, top_scores, top_items in zip(batch["batch.samples"], ranks, ties, top.values.tolist(),
+                                                             top.indices.tolist()):
             record = {"conv_id": sample.conv_id, "turn": sample.turn_index, "user": sample.user_index,
                       "target": item_ids[sample.target_item], "rank": rank if rank != float("inf") else None,
+                      "ties": int(tied),
                       "top": [item_ids[i] for i, v in zip(top_items, top_scores) if v != float("-inf")]}
             if adapts:
                 record["adapted"] = group.info.get("adapted", False)

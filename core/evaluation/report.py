@@ -7,6 +7,7 @@
       "protocols": ["crslab-v1", ...],          # ids, in evaluation order
       "metrics": {protocol_id: {metric_key: value}},   # NaN / inf -> null
       "sample_counts": {protocol_id: {"rec": n, "conv": n, "gen": n}},
+      "withheld": {protocol_id: {metric_key: reason}},   # only when some value is not a result
       "definitions": {"gen.dist-n/sentences": "...", "gen.dist-n/ngrams": "...", "rec.rank": "..."},
       "config": <the resolved pipeline config>,
       "extra": {... caller's timings, data report ...,
@@ -15,8 +16,13 @@
     }
 
 ``rankings.jsonl`` beside it holds one line per scored recommendation sample and
-protocol, ``{"protocol", "conv_id", "turn", "target", "rank", "top"}``: the
-per-sample ranks behind the averages, which ``crs compare`` pairs across runs.
+protocol, ``{"protocol", "conv_id", "turn", "target", "rank", "ties", "top"}``: the
+per-sample ranks (mid rank among ``ties`` other items of equal score, see
+``rec.rank``) behind the averages, which ``crs compare`` pairs across runs.
+
+A *withheld* value is one the evaluator computed but that is not a result (e.g. the
+perplexity of a generator no stage trained): report.json stores it as ``null`` with
+the reason under ``withheld``, and the table prints ``n/a`` and the reason below it.
 
 ``generations.jsonl`` (also written on every evaluation, empty when nothing was
 generated) holds one line per generated reply, ``{"conv_id", "turn", "context",
@@ -43,8 +49,12 @@ DEFINITIONS = {
                             "(KGSF, CRSLab convention; can exceed 1)",
     "gen.dist-n/ngrams": "distinct word n-grams over all generated replies / total generated n-grams "
                          "(Li et al. 2016 ratio, in [0, 1])",
-    "rec.rank": "1 + number of candidates scored strictly higher than the target (ties favour the "
-                "target); items excluded by the protocol are never ranked",
+    "rec.rank": "mid rank: 1 + candidates scored strictly higher than the target + half the other candidates "
+                "scored exactly as high (ties never favour the target); items excluded by the protocol are "
+                "never ranked",
+    "rec.ties": "each rec metric's per-sample value is its mean over the positions of the target's tied block, "
+                "i.e. its expected value under a random tie-break (McSherry & Najork 2008): a model scoring "
+                "every item alike gets recall@k = k / n_items",
     "gen.bleu-n": "BLEU+1 smoothed (Lin & Och 2004); mode and weights as in the metric's config",
     "gen.ppl": "exp(total token NLL / total non-pad reference tokens) under teacher forcing; tokens are words "
                "of the pipeline vocabulary",
@@ -67,7 +77,9 @@ def format_table(results: Mapping[str, Mapping[str, float]], *, digits: int = 4)
     for values in results.values():
         keys.extend(k for k in values if k not in keys)
     rows = [["metric", *protocols]]
-    rows += [[key, *(_cell(results[p].get(key), digits) for p in protocols)] for key in keys]
+    withheld = getattr(results, "withheld", {}) or {}
+    rows += [[key, *(("n/a" if key in withheld.get(p, {}) else _cell(results[p].get(key), digits))
+                     for p in protocols)] for key in keys]
     counts = getattr(results, "sample_counts", {})
     if counts:
         rows.append(["(rec samples)", *(str(counts.get(p, {}).get("rec", "-")) for p in protocols)])
@@ -78,6 +90,13 @@ def format_table(results: Mapping[str, Mapping[str, float]], *, digits: int = 4)
         lines.append("  ".join(cells).rstrip())
         if i == 0:
             lines.append("  ".join("-" * w for w in widths))
+    reasons: dict[str, list[str]] = {}  # one note per key and reason, listing the protocols it applies to
+    for protocol in protocols:
+        for key, reason in withheld.get(protocol, {}).items():
+            reasons.setdefault(f"{key}: {reason}", []).append(protocol)
+    for note, where in reasons.items():
+        scope = "" if len(where) == len(protocols) else f" ({', '.join(where)})"
+        lines.append(f"n/a {note}{scope}")
     return "\n".join(lines)
 
 
@@ -107,6 +126,7 @@ def write_report(run_dir: str | Path, results: Mapping[str, Mapping[str, float]]
         "protocols": list(results),
         "metrics": {pid: dict(values) for pid, values in results.items()},
         "sample_counts": dict(getattr(results, "sample_counts", {})),
+        **({"withheld": dict(results.withheld)} if getattr(results, "withheld", None) else {}),
         **({"adaptation": dict(results.adaptation)} if getattr(results, "adaptation", None) else {}),
         "definitions": DEFINITIONS,
         "config": resolved_config,

@@ -2,6 +2,11 @@
 
 scores_i = log(1 + train_count_i) for every sample; no trainable parameters and no
 loss, so it can be evaluated without a training stage.
+
+With no train recommendation at all (an empty train split) every item would score 0:
+a ranking of ties fitted on no data.  That is refused when the component is built (a
+DataError), before anything is trained or evaluated.  Items with equal counts tie, and
+ties never favour the target (:mod:`crs.evaluation.ranking`).
 """
 from __future__ import annotations
 
@@ -9,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
+from crs.errors import DataError
 from crs.interfaces import BuildDeps, Port, Recommender
 
 
@@ -24,6 +30,12 @@ class PopularityRecommender(Recommender):
         items = deps.require("items")
         self.n_items = len(items)
         counts = torch.as_tensor(items.train_counts, dtype=torch.float32).clone()
+        if not bool((counts > 0).any()):
+            raise DataError("train split", f"the popularity baseline ({deps.path}) ranks items by how often train "
+                            f"recommends them, but no train sample recommends any of the {self.n_items} items; "
+                            "it would rank every item alike, fitted on no data",
+                            "check the train data (data.* paths and filters, samples.max_train_conversations), "
+                            "or use a recommender that does not learn from train recommendations")
         self.register_buffer("popularity", torch.log1p(counts.clamp(min=0)), persistent=False)
 
     def input_ports(self) -> dict[str, Port]:

@@ -1,9 +1,10 @@
 """Recommendation metrics: Recall@k, MRR@k and NDCG@k for one target item per sample.
 
 Fed by the evaluator with ``update(scores (B, n_items), targets (B,))`` where the
-protocol's excluded candidates already hold ``-inf``.  Ranks follow
-:mod:`crs.evaluation.ranking`: rank = 1 + number of candidates scored strictly
-higher than the target (ties favour the target); an excluded target is a miss.
+protocol's excluded candidates already hold ``-inf``.  Ranks and gains follow
+:mod:`crs.evaluation.ranking`: ties never favour the target (each gain is its
+average over the positions of the target's tied block, i.e. its expected value
+under a random tie-break); an excluded target is a miss.
 A cut-off ``k`` larger than the number of candidates simply means every ranked
 target counts.  Keys: ``rec.<name>@<k>``, e.g. ``rec.recall@10``.  With no
 sample seen, every value is NaN (written as ``null`` in report.json).
@@ -16,7 +17,7 @@ from typing import ClassVar
 import torch
 
 from crs.errors import ConfigError
-from crs.evaluation.ranking import mrr_gain, ndcg_gain, recall_gain, target_ranks
+from crs.evaluation.ranking import mrr_gain, ndcg_gain, rank_targets, recall_gain
 from crs.interfaces import BuildDeps, Metric
 
 
@@ -50,9 +51,9 @@ class RankMetric(Metric):
         self._count = 0
 
     def update(self, scores: torch.Tensor, targets: torch.Tensor) -> None:
-        ranks = target_ranks(scores, targets)
+        ranks, ties = rank_targets(scores, targets)
         for k in self.ks:
-            self._sums[k] += float(self.gain(ranks, k).sum())
+            self._sums[k] += float(self.gain(ranks, k, ties).sum())
         self._count += int(ranks.numel())
 
     def compute(self) -> dict[str, float]:
@@ -60,8 +61,8 @@ class RankMetric(Metric):
                 for k in self.ks}
 
     @staticmethod
-    def gain(ranks: torch.Tensor, k: int) -> torch.Tensor:  # pragma: no cover - abstract
-        """Per-sample value in [0, 1] given 1-based ranks (``inf`` = not ranked)."""
+    def gain(ranks: torch.Tensor, k: int, ties: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        """Per-sample value in [0, 1] given 1-based mid ranks (``inf`` = not ranked) and tie counts."""
         raise NotImplementedError
 
 
