@@ -48,7 +48,7 @@ from torch import nn
 from ..errors import ConfigError, UnknownComponentError
 
 __all__ = ["OPTIMIZERS", "SCHEDULES", "DEFAULT_NO_DECAY", "build_optimizer", "parameter_groups",
-           "norm_parameter_ids", "warmup_steps", "build_scheduler", "LRFactor"]
+           "norm_parameter_ids", "warmup_steps", "build_scheduler", "LRFactor", "check_number", "check_optimizer"]
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "linear", "cosine", "warmup_linear")
@@ -57,6 +57,35 @@ DEFAULT_NO_DECAY = ("*.bias", "*norm*.weight", "*Norm*.weight")
 _NORM_TYPES = tuple(t for t in (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._NormBase,
                                 getattr(nn, "RMSNorm", None)) if t is not None)
 _NAMES_SHOWN = 8
+
+
+def check_number(value: Any, path: str, *, minimum: float = 0.0, strict: bool = False, example: str = "") -> float:
+    """`value` as a float if it is a finite number >= `minimum` (> with `strict`); else a ConfigError at `path`.
+
+    NaN and infinities are refused explicitly: ``x < 0`` is False for NaN, so a plain range
+    check lets ``lr: .nan`` or ``grad_clip: .nan`` through, and training then goes on silently
+    with NaN parameters (or, for ``inf``, none of the clipping that was asked for).
+    """
+    rule = "positive number" if strict and minimum == 0 else f"number {'>' if strict else '>='} {minimum:g}"
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or (value <= minimum if strict else value < minimum):
+        raise ConfigError(path, f"must be a finite {rule}, got {value!r}", example)
+    return float(value)
+
+
+def check_optimizer(spec: Any, path: str) -> None:
+    """Every number of an ``optimizer:`` node (and its groups) finite and in range; ConfigErrors name the key."""
+    check_number(spec.lr, f"{path}.lr", strict=True, example="e.g. lr: 0.001")
+    check_number(spec.weight_decay, f"{path}.weight_decay", example="e.g. weight_decay: 0.01, or 0 for none")
+    check_number(spec.momentum, f"{path}.momentum", example="e.g. momentum: 0.9 (sgd only), or 0 for none")
+    check_number(spec.eps, f"{path}.eps", strict=True, example="e.g. eps: 1.0e-8 (the default)")
+    for index, group in enumerate(spec.groups or []):
+        if group.lr is not None:
+            check_number(group.lr, f"{path}.groups.{index}.lr", strict=True,
+                         example="e.g. lr: 0.0001, or leave lr out to use the optimizer's")
+        if group.weight_decay is not None:
+            check_number(group.weight_decay, f"{path}.groups.{index}.weight_decay",
+                         example="e.g. weight_decay: 0.0, or leave it out to use the optimizer's")
 
 
 def norm_parameter_ids(model: nn.Module) -> set[int]:
@@ -76,12 +105,7 @@ def build_optimizer(spec: Any, parameters: Mapping[str, nn.Parameter] | Iterable
     kind = str(spec.type).lower()
     if kind not in OPTIMIZERS:
         raise UnknownComponentError(f"{path}.type", "optimizer", spec.type, OPTIMIZERS)
-    if not spec.lr > 0:
-        raise ConfigError(f"{path}.lr", f"the learning rate must be positive, got {spec.lr}", "e.g. lr: 0.001")
-    if spec.weight_decay < 0:
-        raise ConfigError(f"{path}.weight_decay", f"must be >= 0, got {spec.weight_decay}")
-    if kind in ("adam", "adamw") and not spec.eps > 0:
-        raise ConfigError(f"{path}.eps", f"must be > 0, got {spec.eps}", "e.g. eps: 1.0e-8 (the default)")
+    check_optimizer(spec, path)
     named = (dict(parameters) if isinstance(parameters, Mapping)
              else {str(i): p for i, p in enumerate(parameters)})
     groups = parameter_groups(spec, named, path, norm_ids=norm_ids)
@@ -142,11 +166,11 @@ def _assign_groups(groups: list[Any], names: list[str], path: str) -> dict[str, 
         if not globs:
             raise ConfigError(f"{here}.params", "the group lists no parameter globs",
                               f"e.g. params: [\"recommender.*\"]; this stage's parameters: {shown}")
-        if group.lr is not None and not group.lr > 0:
-            raise ConfigError(f"{here}.lr", f"the learning rate must be positive, got {group.lr}",
-                              "e.g. lr: 0.0001, or leave lr out to use the optimizer's")
-        if group.weight_decay is not None and group.weight_decay < 0:
-            raise ConfigError(f"{here}.weight_decay", f"must be >= 0, got {group.weight_decay}")
+        if group.lr is not None:
+            check_number(group.lr, f"{here}.lr", strict=True,
+                         example="e.g. lr: 0.0001, or leave lr out to use the optimizer's")
+        if group.weight_decay is not None:
+            check_number(group.weight_decay, f"{here}.weight_decay")
         for position, glob in enumerate(globs):
             if not any(fnmatchcase(name, glob) for name in names):
                 raise ConfigError(f"{here}.params.{position}",
@@ -167,9 +191,7 @@ def warmup_steps(spec: Any, steps_per_epoch: int, path: str) -> int:
     """Warmup length in optimizer steps from `warmup_steps` or `warmup_epochs` (not both)."""
     if spec.warmup_steps < 0:
         raise ConfigError(f"{path}.warmup_steps", f"must be >= 0, got {spec.warmup_steps}")
-    epochs = float(spec.warmup_epochs)
-    if not (math.isfinite(epochs) and epochs >= 0):
-        raise ConfigError(f"{path}.warmup_epochs", f"must be a number >= 0, got {spec.warmup_epochs}")
+    epochs = check_number(spec.warmup_epochs, f"{path}.warmup_epochs", example="e.g. warmup_epochs: 0.5")
     if epochs > 0 and spec.warmup_steps > 0:
         raise ConfigError(f"{path}.warmup_epochs", f"both warmup_steps ({spec.warmup_steps}) and warmup_epochs "
                           f"({spec.warmup_epochs}) are set", "keep one of the two")

@@ -19,9 +19,10 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError, UnknownComponentError
+from .optim import check_number, check_optimizer
 
-__all__ = ["StagePlan", "plan_stage", "resolve_objectives", "resolve_parameters", "parameter_names", "train_only",
-           "LOSS_PREFIX"]
+__all__ = ["StagePlan", "plan_stage", "check_stage_numbers", "resolve_objectives", "resolve_parameters",
+           "parameter_names", "train_only", "trained_by_stages", "LOSS_PREFIX"]
 
 LOSS_PREFIX = "loss."
 SLOTS_PREFIX = "slots."
@@ -112,18 +113,37 @@ def parameter_names(model: nn.Module) -> dict[int, str]:
     return names
 
 
-def plan_stage(pipeline: Any, stage: Any, index: int) -> StagePlan:
-    """Validate stage `index` against `pipeline` and collect its objectives, parameters and samples."""
+def check_stage_numbers(stage: Any, index: int) -> None:
+    """Every number of stage `index` finite and in range, or a ConfigError naming its key.
+
+    Needs no pipeline, so the trainer checks all stages before the first one trains: a NaN
+    ``grad_clip`` in stage 2 must not cost stage 1's training first (and must never be
+    accepted: ``x < 0`` is False for NaN, and clipping to NaN turns every parameter into NaN).
+    """
     path = f"stages.{index}"
     if int(stage.epochs) < 0:
         raise ConfigError(f"{path}.epochs", f"must be >= 0, got {stage.epochs}")
     if int(stage.batch_size) < 1:
         raise ConfigError(f"{path}.batch_size", f"must be >= 1, got {stage.batch_size}")
-    if float(stage.grad_clip) < 0:
-        raise ConfigError(f"{path}.grad_clip", f"must be >= 0 (0 = off), got {stage.grad_clip}")
+    check_number(stage.grad_clip, f"{path}.grad_clip", example="the largest global gradient norm, e.g. "
+                 "grad_clip: 1.0; 0 turns clipping off")
     if int(stage.accumulate) < 1:
         raise ConfigError(f"{path}.accumulate", f"must be >= 1 (batches per optimizer step), got {stage.accumulate}",
                           "use 1 for a step after every batch")
+    for name, weight in dict(stage.objectives or {}).items():
+        if not isinstance(weight, (int, float)) or isinstance(weight, bool) or not math.isfinite(weight):
+            raise ConfigError(f"{path}.objectives.{name}", f"the weight must be a finite number, got {weight!r}",
+                              "a loss weight, e.g. 1.0")
+    check_optimizer(stage.optimizer, f"{path}.optimizer")
+    schedule = stage.schedule
+    check_number(schedule.warmup_steps, f"{path}.schedule.warmup_steps", example="e.g. warmup_steps: 100")
+    check_number(schedule.warmup_epochs, f"{path}.schedule.warmup_epochs", example="e.g. warmup_epochs: 0.5")
+
+
+def plan_stage(pipeline: Any, stage: Any, index: int) -> StagePlan:
+    """Validate stage `index` against `pipeline` and collect its objectives, parameters and samples."""
+    path = f"stages.{index}"
+    check_stage_numbers(stage, index)
     objectives = resolve_objectives(dict(stage.objectives), set(pipeline.model.loss_keys()), path)
     parameters = resolve_parameters(pipeline.model, list(stage.train), path)
     if not any(p.requires_grad for p in parameters):
@@ -136,6 +156,33 @@ def plan_stage(pipeline: Any, stage: Any, index: int) -> StagePlan:
     names = parameter_names(pipeline.model)
     named = {names[id(p)]: p for p in parameters if p.requires_grad}
     return StagePlan(index, stage, path, objectives, parameters, samples, named)
+
+
+def trained_by_stages(model: Any, stages: Any, slot: str) -> bool:
+    """Whether the weights of model slot `slot` come from training rather than from initialisation.
+
+    True when some stage with ``epochs > 0`` lists a module holding one of the slot's
+    parameters in ``train:`` (the slot, ``*``, or a shared module it uses), when the
+    component says its weights are ``pretrained``, or when it has no parameters at all
+    (nothing to learn: its outputs are what they are meant to be).  The evaluator withholds
+    figures, such as perplexity, that would otherwise describe freshly initialised weights.
+    """
+    component = model.slots[slot]
+    if getattr(component, "pretrained", False):
+        return True
+    own = {id(p) for p in component.parameters()}
+    if not own:
+        return True
+    for stage in stages or []:
+        if int(getattr(stage, "epochs", 0)) <= 0:
+            continue
+        try:
+            trained = model.slot_parameters([str(name) for name in (stage.train or [])])
+        except ConfigError:  # an unknown slot name: plan_stage refuses that stage before it trains
+            continue
+        if any(id(p) in own for p in trained):
+            return True
+    return False
 
 
 @contextlib.contextmanager

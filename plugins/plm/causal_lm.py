@@ -108,6 +108,11 @@ class HFCausalLM(Generator):
         self._hidden = {int(i) for i in tok.all_special_ids} - {placeholder_id}
         self._logits_to_keep = "logits_to_keep" in inspect.signature(self.model.forward).parameters
 
+    @property
+    def pretrained(self) -> bool:
+        """Loaded weights (not ``random_init``): the evaluator reports this generator's perplexity untrained too."""
+        return not self.config.random_init
+
     def _resize_embeddings(self) -> None:
         """Give every tokenizer id an embedding row (added tokens); models with spare rows keep theirs."""
         rows = self.model.get_input_embeddings().weight.shape[0]
