@@ -8,7 +8,7 @@ import pytest
 
 from crs.errors import ConfigError, DataError
 from crs.interfaces import BuildDeps
-from crs.plugins.datasets.dbpedia import UniCRSDBpedia
+from crs.plugins.datasets.graph_files import UniCRSDBpedia
 from crs.plugins.datasets.unicrs import UniCRSJsonlDataset
 
 SHARED = Path(os.environ.get("CRS_SHARED_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")

@@ -22,7 +22,9 @@ DATASETS = {
 
 KNOWLEDGE_SOURCES = {
     "kgsf_dbpedia": f"{_PKG}.dbpedia:KGSFDBpedia",
-    "unicrs_dbpedia": f"{_PKG}.dbpedia:UniCRSDBpedia",
+    "kg_json": f"{_PKG}.graph_files:KGJson",
+    "unicrs_dbpedia": f"{_PKG}.graph_files:UniCRSDBpedia",  # kg_json with INSPIRED's file names (its old name)
+    "kg_triples": f"{_PKG}.graph_files:TripleFile",
     "conceptnet_edges": f"{_PKG}.conceptnet:ConceptNetEdges",
     "item_metadata_json": f"{_PKG}.item_texts:ItemMetadataJson",
     "revcore_reviews": f"{_PKG}.item_texts:RevCoreReviews",

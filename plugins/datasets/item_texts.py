@@ -47,11 +47,13 @@ class ItemMetadataJson(KnowledgeSource):
         path = config_file(self.config.path, f"{self.path}.path")
         info = read_json(path)
         if not isinstance(info, dict):
-            raise DataError(str(path), "expected a JSON object item id -> {name, genre, ...}")
+            raise DataError(str(path), "expected a JSON object item id -> {name, genre, ...}",
+                            f"point `{self.path}.path` at an id2info.json-style file")
         texts = {}
         for item, record in info.items():
             if not isinstance(record, dict):
-                raise DataError(str(path), f"item '{item}': expected an object of fields, got {type(record).__name__}")
+                raise DataError(str(path), f"item '{item}': expected an object of fields, got {type(record).__name__}",
+                                "write each item as an object such as {\"name\": ..., \"genre\": [...]}")
             text = describe(record, list(self.config.fields))
             if text:
                 texts[str(item)] = [text]
@@ -73,7 +75,8 @@ class RevCoreReviews(KnowledgeSource):
         path = config_file(self.config.path, f"{self.path}.path")
         reviews = load_plain_pickle(path)
         if not isinstance(reviews, dict):
-            raise DataError(str(path), f"expected a dict movieId -> review tokens, got {type(reviews).__name__}")
+            raise DataError(str(path), f"expected a dict movieId -> review tokens, got {type(reviews).__name__}",
+                            f"point `{self.path}.path` at RevCore's movie2tokenreview_helpful.pkl")
         texts = {}
         for item, value in reviews.items():
             if isinstance(value, str):
@@ -83,6 +86,7 @@ class RevCoreReviews(KnowledgeSource):
             elif isinstance(value, (list, tuple)):
                 found = [" ".join(v) if isinstance(v, (list, tuple)) else str(v) for v in value]
             else:
-                raise DataError(str(path), f"movie '{item}': expected review tokens, got {type(value).__name__}")
+                raise DataError(str(path), f"movie '{item}': expected review tokens, got {type(value).__name__}",
+                                "write each review as a string or a list of tokens")
             texts[str(item)] = [t for t in found if t.strip()]
         return ItemTexts(kind="review", texts=texts)

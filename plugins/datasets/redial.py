@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from crs.data.readers import RecordError, SkipLog, check_on_error, expect, iter_jsonl, open_text, read_json
+from crs.data.readers import RecordError, SkipLog, check_on_error, expect, expect_text, iter_jsonl, open_text, read_json
 from crs.data.safe_pickle import load_plain_pickle
 from crs.data.schema import RECOMMENDER, SEEKER, Conversation, Corpus, Item, Mention, Turn
 from crs.errors import DataError
@@ -107,17 +107,25 @@ class RedialDataset(Dataset):
         if missing:
             raise RecordError(f"conversation lacks {', '.join(missing)}",
                               "this is not the ReDial release format; use the `jsonl` dataset with a field mapping")
-        seeker, recommender = str(record["initiatorWorkerId"]), str(record["respondentWorkerId"])
+        ids = {key: expect_text(record[key], f"field '{key}'", f"give every conversation a '{key}' (a string or "
+                                                                  "number)") for key in _REQUIRED if key != "messages"}
+        seeker, recommender = ids["initiatorWorkerId"], ids["respondentWorkerId"]
         turns: list[_RawTurn] = []
-        for n, message in enumerate(expect(record["messages"], list, "messages")):
-            expect(message, dict, f"messages[{n}]")
-            if "text" not in message or "senderWorkerId" not in message:
-                raise RecordError(f"messages[{n}] lacks text or senderWorkerId")
-            sender = str(message["senderWorkerId"])
+        for n, message in enumerate(expect(record["messages"], list, "field 'messages'",
+                                           "write 'messages' as a list of message objects")):
+            expect(message, dict, f"messages[{n}]", "each message must be an object with text and senderWorkerId")
+            missing = [key for key in ("text", "senderWorkerId") if key not in message]
+            if missing:
+                raise RecordError(f"messages[{n}] lacks field {' and '.join(repr(key) for key in missing)}",
+                                  "every ReDial message has `text` and `senderWorkerId`")
+            sender = expect_text(message["senderWorkerId"], f"messages[{n}] field 'senderWorkerId'",
+                                 "write the sender as the worker id (a number)")
             if sender not in (seeker, recommender):
-                raise RecordError(f"messages[{n}] sender {sender} is neither the initiator nor the respondent")
+                raise RecordError(f"messages[{n}] field 'senderWorkerId' is {sender}, neither the initiator "
+                                  f"({seeker}) nor the respondent ({recommender})",
+                                  "fix the line's worker ids, or set on_error: skip")
             role = SEEKER if sender == seeker else RECOMMENDER
-            text = str(message["text"]).strip()
+            text = expect_text(message["text"], f"messages[{n}] field 'text'", "write the message as a string").strip()
             if turns and turns[-1].role == role:
                 turns[-1].texts.append(text)
                 turns[-1].messages += 1
@@ -179,7 +187,8 @@ class RedialDataset(Dataset):
             path = data_file(root, cfg.metadata, f"{self.path}.metadata")
             info = read_json(path)
             if not isinstance(info, dict):
-                raise DataError(str(path), "expected a JSON object movieId -> {name, genre, ...}")
+                raise DataError(str(path), "expected a JSON object movieId -> {name, genre, ...}",
+                                "point `metadata` at iEvaLM's id2info.json, or set it to null")
             for movie, fields in info.items():
                 if str(movie) in items and isinstance(fields, dict):
                     items[str(movie)].meta = dict(fields)
@@ -198,6 +207,8 @@ def read_movies_csv(path: Path) -> dict[str, Item]:
             if not row:
                 continue
             if len(row) < 2 or not row[0].strip():
-                raise DataError(str(path), f"expected movieId,movieName,... got {row}", line=reader.line_num)
+                raise DataError(str(path), f"expected movieId,movieName,... got {row}",
+                                "repair the line (names with commas must be quoted), or re-download the file",
+                                line=reader.line_num)
             items[row[0].strip()] = Item(id=row[0].strip(), name=clean_name(row[1]), meta={})
     return items

@@ -25,7 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from crs.data.readers import RecordError, SkipLog, check_on_error, expect, iter_jsonl
+from crs.data.readers import RecordError, SkipLog, check_on_error, expect, expect_text, iter_jsonl
 from crs.data.schema import RECOMMENDER, SEEKER, Conversation, Corpus, Item, Mention, Turn
 from crs.errors import check_choice
 from crs.interfaces import BuildDeps, Dataset
@@ -104,24 +104,34 @@ class UniCRSJsonlDataset(Dataset):
 
 
 def _parse_dialogue(record: Any) -> list[_RawTurn]:
-    expect(record, list, "a line", "each line must be a JSON list of turns (UniCRS format)")
+    expect(record, list, "a line", "each line must be a JSON list of turns (UniCRS format); for other layouts use "
+                                   "the `jsonl` dataset with a field mapping")
     turns = []
     for n, turn in enumerate(record):
-        expect(turn, dict, f"turn {n}")
-        if "role" not in turn or "text" not in turn:
-            raise RecordError(f"turn {n} lacks role or text", "each turn needs `role` and `text`")
-        role = _ROLES.get(str(turn["role"]).upper())
+        expect(turn, dict, f"turn {n}", "each turn must be an object with role, text, movie_link, movie_name, "
+                                        "entity_link and entity_name")
+        missing = [key for key in ("role", "text") if key not in turn]
+        if missing:
+            raise RecordError(f"turn {n} lacks field {' and '.join(repr(key) for key in missing)}",
+                              "each turn needs `role` (SEEKER | RECOMMENDER) and `text`")
+        raw_role = expect_text(turn["role"], f"turn {n} field 'role'", "write the role as SEEKER or RECOMMENDER")
+        role = _ROLES.get(raw_role.upper())
         if role is None:
-            raise RecordError(f"turn {n} has role {turn['role']!r}", "roles must be SEEKER or RECOMMENDER")
-        lists = {key: expect(turn.get(key) or [], list, f"turn {n} {key}") for key in _LIST_FIELDS}
+            raise RecordError(f"turn {n} field 'role' is {turn['role']!r}", "roles must be SEEKER or RECOMMENDER")
+        text = expect_text(turn["text"], f"turn {n} field 'text'", "write the turn's text as a string")
+        lists = {key: expect(turn.get(key) or [], list, f"turn {n} field '{key}'",
+                             f"write '{key}' as a list (empty when the turn has none)") for key in _LIST_FIELDS}
         for link_key, name_key in (("movie_link", "movie_name"), ("entity_link", "entity_name")):
             if len(lists[link_key]) != len(lists[name_key]):
                 raise RecordError(f"turn {n}: {link_key} has {len(lists[link_key])} entries but "
                                   f"{name_key} has {len(lists[name_key])}", "the two lists must be parallel")
+        values = {key: [expect_text(v, f"entry {i} of turn {n} field '{key}'",
+                                    f"write each entry of '{key}' as a string")
+                        for i, v in enumerate(lists[key])] for key in _LIST_FIELDS}
         turns.append(_RawTurn(
-            role=role, text=str(turn["text"]),
-            movies=[(str(link), str(name)) for link, name in zip(lists["movie_link"], lists["movie_name"])],
-            entities=[(str(link), str(name)) for link, name in zip(lists["entity_link"], lists["entity_name"])],
+            role=role, text=text,
+            movies=list(zip(values["movie_link"], values["movie_name"])),
+            entities=list(zip(values["entity_link"], values["entity_name"])),
         ))
     return turns
 
