@@ -38,10 +38,11 @@ protocols never trips over them):
   shared conversation pass, or from the first adapting protocol's when every protocol adapts;
 - ``adaptation``: ``{protocol_id: {"rec"|"conv": {"tasks", "adapted", "support", "query",
   "units": {unit: n_tasks}}}}`` for adapting protocols;
-- ``withheld``: ``{protocol_id: {metric_key: reason}}`` for values that are NaN because they would
-  not be results: the perplexity (``nll`` metrics) of a generator that no stage trains (see
-  :func:`crs.training.stage.trained_by_stages`), and the rec metrics of a protocol that keeps none
-  of the split's recommendation samples.
+- ``withheld``: ``{protocol_id: {metric_key: reason}}`` for values that are computed but are not
+  results: the perplexity (``nll`` metrics) of a generator that no stage trains (see
+  :func:`crs.training.stage.trained_by_stages`), and the rec metrics (NaN) of a protocol that keeps
+  none of the split's recommendation samples.  The dict keeps the computed value, for callers that
+  study untrained models on purpose; ``report.json`` stores ``null`` and the table ``n/a``.
 
 Evaluating on nothing is refused (:func:`check_evaluable`, a DataError): a split with no
 samples, a recommender on a split where no sample recommends an item, or a generator on a
@@ -199,8 +200,6 @@ def evaluate(pipeline: Any, split: str, *, protocols: Iterable[Any] | None = Non
                     unit = getattr(model, "nll_unit", WORD_UNIT)
                     nll_keys = _collect([m for m in conv_metrics if m.task == "nll"], unit)
                     withheld.update(dict.fromkeys((k for k in nll_keys if k in values), untrained))
-                for key in withheld:
-                    values[key] = float("nan")
                 if withheld:
                     results.withheld[pid] = withheld
                 results[pid] = values

@@ -114,9 +114,11 @@ def write_report(run_dir: str | Path, results: Mapping[str, Mapping[str, float]]
     sample counts an :class:`~crs.evaluation.evaluator.EvaluationResults`
     carries are added unless ``extra`` already has ``examples``.  Values JSON
     cannot hold (NaN, inf, tensors, paths) are converted: non-finite numbers
-    become ``null``, tensors lists, anything else its ``str``.
+    become ``null``, tensors lists, anything else its ``str``.  A value the results
+    list under ``withheld`` is written as ``null``, its reason under ``withheld``.
     """
     extra = dict(extra or {})
+    withheld = getattr(results, "withheld", None) or {}
     if "examples" not in extra and getattr(results, "examples", None):
         extra["examples"] = results.examples
     if "evaluation_timings_s" not in extra and getattr(results, "timings", None):
@@ -124,9 +126,10 @@ def write_report(run_dir: str | Path, results: Mapping[str, Mapping[str, float]]
     report = {
         "format": FORMAT,
         "protocols": list(results),
-        "metrics": {pid: dict(values) for pid, values in results.items()},
+        "metrics": {pid: {key: None if key in withheld.get(pid, {}) else value for key, value in values.items()}
+                    for pid, values in results.items()},
         "sample_counts": dict(getattr(results, "sample_counts", {})),
-        **({"withheld": dict(results.withheld)} if getattr(results, "withheld", None) else {}),
+        **({"withheld": dict(withheld)} if withheld else {}),
         **({"adaptation": dict(results.adaptation)} if getattr(results, "adaptation", None) else {}),
         "definitions": DEFINITIONS,
         "config": resolved_config,
