@@ -102,3 +102,22 @@ def test_evaluating_on_nothing_is_refused_before_training(tmp_path, capsys, test
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "split 'test'" in err and problem in err and "fix:" in err
     assert not (tmp_path / "run" / "report.json").exists() and not (tmp_path / "run" / "rankings.jsonl").exists()
+
+
+def test_a_protocol_that_keeps_no_sample_reports_null_with_the_reason(tmp_path, capsys):
+    # Each test seeker names the item then recommended: `fresh` (targets not mentioned before) keeps none.
+    test = [conversation("q0", ["alien"]), conversation("q1", ["heat"])]
+    for conv in test:
+        seeker = conv["turns"][0]
+        seeker["items"] = conv["turns"][1]["items"]
+        seeker["text"] = "i loved " + seeker["items"][0]["id"]
+    overrides = write_corpus(tmp_path / "data", UNIFORM_TRAIN, test)
+    assert run(None, [*overrides, "evaluation.protocols=[{type: crslab}, {type: fresh}]"],
+               run_dir=str(tmp_path / "run"), progress=False) == 0
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert report["sample_counts"]["fresh-v1"]["rec"] == 0 and report["sample_counts"]["crslab-v1"]["rec"] == 2
+    assert set(report["metrics"]["fresh-v1"].values()) == {None}
+    assert report["withheld"]["fresh-v1"]["rec.recall@1"] == "fresh-v1 keeps none of the split's recommendation samples"
+    assert "crslab-v1" not in report["withheld"] and report["metrics"]["crslab-v1"]["rec.recall@1"] is not None
+    out = capsys.readouterr().out
+    assert "n/a rec.recall@1: fresh-v1 keeps none of the split's recommendation samples (fresh-v1)" in out
