@@ -224,7 +224,8 @@ def test_builtin_choice_tuples_match_their_literals():
 def test_a_misspelt_choice_is_caught_when_the_config_is_checked(registry):
     from crs.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="'popularty' is not a valid choice. Did you mean 'popularity'") as err:
+    message = r"got 'popularty' \(str\), which is not a valid choice. Did you mean 'popularity'"
+    with pytest.raises(ConfigError, match=message) as err:
         registry.check_node("recommender", {"type": "dot_product", "bias_init": "popularty"}, "model.recommender")
     assert err.value.path == "model.recommender.bias_init"
     assert "use one of: zero, popularity" in str(err.value)

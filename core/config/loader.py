@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import logging
 import os
 import re
 from pathlib import Path
@@ -96,7 +97,7 @@ def load_config(path: str | None, overrides: list[str] | tuple[str, ...] = (), *
             merged = _apply_bundle(merged, registry_file.bundle_layer(bundle, layer.label), sources)
         if layer.text is not None:
             sources.add_yaml(layer.label, layer.text, layer.prefix)
-        merged = _merge(merged, values)
+        merged = _merge(merged, values, origin=f"{layer.prefix} in {layer.label}" if layer.prefix else layer.label)
     for key, value, text in ops:
         if key == "preset":
             merged["preset"] = value
@@ -286,16 +287,40 @@ def _node(value: Any) -> Any:
     return {"type": value} if isinstance(value, str) else value
 
 
-def _merge(base: Any, top: Any) -> Any:
-    """Merge `top` onto `base`: mappings key by key, anything else (lists too) replaced."""
+def _merge(base: Any, top: Any, path: str = "", origin: str = "") -> Any:
+    """Merge `top` onto `base`: mappings key by key, anything else (lists too) replaced.
+
+    A node whose `type` changes is replaced whole; the old node's keys it does not set again
+    are dropped, with a warning naming them (`path`: where the node sits; `origin`: the layer).
+    """
     if not isinstance(base, dict) or not isinstance(top, dict):
         return copy.deepcopy(top)
     if "type" in top and "type" in base and top["type"] != base["type"]:
+        warn_dropped_keys(path, base["type"], top["type"], [k for k in base if k != "type" and k not in top], origin)
         return copy.deepcopy(top)  # another component: the old one's options do not apply
     out = dict(base)
     for key, value in top.items():
-        out[key] = _merge(base[key], value) if key in base else copy.deepcopy(value)
+        out[key] = _merge(base[key], value, f"{path}.{key}" if path else str(key), origin) if key in base \
+            else copy.deepcopy(value)
     return out
+
+
+log = logging.getLogger("crs.config")
+
+
+def warn_dropped_keys(path: str, old_type: Any, new_type: Any, dropped: list[str], origin: str) -> None:
+    """Log that the node at `path` changed component type and lost `dropped` (nothing when empty).
+
+    Silently dropping them surprised users: `dim` set for the old component does not carry
+    over to the new one, which then runs with its own default.
+    """
+    if not dropped:
+        return
+    where = f" ({origin})" if origin else ""
+    change = f"changes type from '{old_type}' to '{new_type}'{where}" if old_type != new_type else \
+        f"is replaced by a bare '{new_type}' node{where}"
+    log.warning("warning: %s %s, so these keys of the old node are dropped: %s; set them again under the new "
+                "node if it should keep them", path or "a component node", change, ", ".join(dropped))
 
 
 def _apply_bundle(merged: dict, bundle: _Layer, sources: SourceMap) -> dict:
@@ -346,10 +371,16 @@ def _set_path(config: dict, key: str, value: Any, text: str) -> None:
                                      f"not a mapping", "override the whole value instead", source="command line")
         if last:
             old = node[part] if (isinstance(node, list) or part in node) else None
-            node[part] = value if not (isinstance(old, dict) and isinstance(value, dict)) else _merge(old, value)
+            if isinstance(old, dict) and isinstance(value, str) and _is_node_path(parts) and len(old) > 1:
+                # `model.rec=NAME` replaces the whole node: say what it had
+                warn_dropped_keys(key, old.get("type"), value, [k for k in old if k != "type"], f"override '{text}'")
+            node[part] = value if not (isinstance(old, dict) and isinstance(value, dict)) else \
+                _merge(old, value, key, f"override '{text}'")
             if part == "type" and isinstance(node, dict) and old is not None and old != value:
-                for stale in [k for k in node if k not in ("type", "inputs", "outputs")]:
-                    del node[stale]  # another component type: drop the old one's options
+                stale = [k for k in node if k not in ("type", "inputs", "outputs")]
+                warn_dropped_keys(".".join(parts[:-1]), old, value, stale, f"override '{text}'")
+                for name in stale:
+                    del node[name]  # another component type: drop the old one's options
             return
         if isinstance(node, dict) and not isinstance(node.get(part), (dict, list)):
             node[part] = {"type": node[part]} if isinstance(node.get(part), str) and \

@@ -141,8 +141,8 @@ def _convert(tp: Any, value: Any, path: str) -> Any:
         if value in args and not (isinstance(value, bool) and not any(isinstance(a, bool) for a in args)):
             return value
         if isinstance(value, str) and all(isinstance(a, str) for a in args):  # as crs.errors.check_choice says it
-            raise ConfigError(path, f"'{value}' is not a valid choice.{did_you_mean(value, args)}",
-                              f"use one of: {', '.join(args)}")
+            raise ConfigError(path, f"expected {type_name(tp)}, got {_shown(value)}, which is not a valid choice."
+                                    f"{did_you_mean(value, args)}", f"use one of: {', '.join(args)}")
         raise _wrong(tp, value, path, f"use one of: {', '.join(repr(a) for a in args)}")
     if value is None:
         raise _wrong(tp, value, path, "give a value (null is not allowed here)")

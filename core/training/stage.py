@@ -11,6 +11,7 @@ batch, and reported with the YAML path of the offending key.
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 from dataclasses import dataclass, field
 from typing import Any, Iterator
@@ -26,6 +27,8 @@ __all__ = ["StagePlan", "plan_stage", "check_stage_numbers", "resolve_objectives
 
 LOSS_PREFIX = "loss."
 SLOTS_PREFIX = "slots."
+SHARED_PREFIX = "shared."  # `train: [shared.<name>]` names a module of the pipeline's `shared:` section
+log = logging.getLogger("crs.training")
 
 
 @dataclass
@@ -65,17 +68,23 @@ class StagePlan:
 
 
 def resolve_objectives(objectives: dict[str, float], provided: set[str], path: str) -> dict[str, float]:
-    """Loss key -> weight; names may omit the ``loss.`` prefix.  Unknown names raise a ConfigError."""
+    """Loss key -> weight; names may omit the ``loss.`` prefix.  Unknown names raise a ConfigError.
+
+    Suggestions come as the stage wrote its names: ``rec`` for ``objectives: {recc: 1.0}``,
+    ``loss.rec`` only when the names are written with the prefix.
+    """
+    short = sorted(key.removeprefix(LOSS_PREFIX) for key in provided)  # how objectives are usually written
     if not objectives:
         raise ConfigError(f"{path}.objectives", "the stage has no objectives, so it would train nothing",
                           f"give loss names and weights, e.g. objectives: {{rec: 1.0}}; this model provides: "
-                          f"{', '.join(sorted(provided)) or '(no losses)'}")
+                          f"{', '.join(short) or '(no losses)'}")
     resolved: dict[str, float] = {}
     for name, weight in objectives.items():
         key = name if str(name).startswith(LOSS_PREFIX) else f"{LOSS_PREFIX}{name}"
         if key not in provided:
-            raise UnknownComponentError(f"{path}.objectives.{name}", "objective (no slot outputs it)", key,
-                                        sorted(provided))
+            prefixed = str(name).startswith(LOSS_PREFIX)
+            raise UnknownComponentError(f"{path}.objectives.{name}", "objective (no slot outputs it)", str(name),
+                                        sorted(provided) if prefixed else short)
         if key in resolved:
             raise ConfigError(f"{path}.objectives.{name}", f"'{key}' is listed twice (with and without 'loss.')",
                               "keep one of the two entries")
@@ -153,9 +162,46 @@ def plan_stage(pipeline: Any, stage: Any, index: int) -> StagePlan:
     if not samples and int(stage.epochs) > 0:
         raise ConfigError(f"{path}.task", f"the train split has no samples for task '{stage.task}'",
                           "check the data, or use another task (rec, conv, all)")
+    warn_untouched_slots(pipeline.model, list(stage.train), objectives, path, str(stage.name))
     names = parameter_names(pipeline.model)
     named = {names[id(p)]: p for p in parameters if p.requires_grad}
     return StagePlan(index, stage, path, objectives, parameters, samples, named)
+
+
+def untouched_slots(model: Any, train: list[str], objectives: dict[str, float]) -> list[str]:
+    """Names in `train` whose outputs no objective depends on, so their parameters get no gradient.
+
+    A slot counts as used when the objectives' execution plan runs it; a ``shared.<name>``
+    module when a slot of that plan holds it.  ``*`` (train everything) is never flagged.
+    """
+    if "*" in train:
+        return []
+    wiring = getattr(model, "wiring", None)
+    if wiring is None:
+        return []
+    planned = set(wiring.plan(objectives))
+    from ..shared import borrowed
+
+    borrowed_by_plan = {name for slot in planned for name in borrowed(model.slots[slot])}
+    unused = []
+    for name in train:
+        if name.startswith(SHARED_PREFIX):
+            if name[len(SHARED_PREFIX):] not in borrowed_by_plan:
+                unused.append(name)
+        elif name in model.slots and name not in planned:
+            unused.append(name)
+    return unused
+
+
+def warn_untouched_slots(model: Any, train: list[str], objectives: dict[str, float], path: str, stage: str) -> None:
+    """Log a warning for trained slots no objective of the stage uses (see :func:`untouched_slots`)."""
+    unused = untouched_slots(model, train, objectives)
+    if unused:
+        losses = ", ".join(key.removeprefix(LOSS_PREFIX) for key in objectives)
+        its, it = ("their", "them") if len(unused) > 1 else ("its", "it")
+        log.warning("warning: %s.train: stage '%s' trains %s, but none of its objectives (%s) uses %s outputs, "
+                    "so the stage does not change %s; drop %s from `train:` or add an objective that needs %s",
+                    path, stage, ", ".join(unused), losses, its, it, it, it)
 
 
 def trained_by_stages(model: Any, stages: Any, slot: str) -> bool:
