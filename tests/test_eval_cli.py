@@ -18,6 +18,7 @@ from crs.evaluation import evaluate, format_table
 from crs.evaluation.report import GENERATIONS_NAME, write_generations
 from crs.runner import run
 from crs.serving import load_pipeline
+from crs.training.checkpoint import with_checksum
 
 ROOT = Path(__file__).resolve().parents[1]
 # The baseline pipeline (TextCNN + Transformer, both tasks) at toy size: about 5 s of training.
@@ -135,7 +136,7 @@ def test_a_run_without_a_preset_slot_reloads_without_it(copy_of):
     checkpoint = torch.load(run_dir / "checkpoint.pt", weights_only=True)
     checkpoint["model"] = {k: v for k, v in checkpoint["model"].items() if not k.startswith("slots.generator.")}
     assert len(checkpoint["model"]) < len(torch.load(run_dir / "checkpoint.pt", weights_only=True)["model"])
-    torch.save(checkpoint, run_dir / "checkpoint.pt")
+    torch.save(with_checksum(checkpoint), run_dir / "checkpoint.pt")  # edited on purpose: sealed again
     pipeline = load_pipeline(run_dir)
     assert "generator" not in pipeline.spec.model and not pipeline.model.has_generator
     assert pipeline.spec.preset == "baseline" and pipeline.spec.run_dir == str(run_dir)
@@ -173,7 +174,7 @@ def test_run_without_checkpoint(copy_of, capsys):
 def test_unfinished_run_suggests_resume(copy_of, capsys):
     run_dir = copy_of("config.yaml", "checkpoint.pt")
     checkpoint = torch.load(run_dir / "checkpoint.pt", weights_only=True)
-    torch.save({**checkpoint, "done": False}, run_dir / "checkpoint.pt")
+    torch.save(with_checksum({**checkpoint, "done": False}), run_dir / "checkpoint.pt")
     err = _error(capsys, str(run_dir))
     assert f"{run_dir / 'checkpoint.pt'}: the run has not finished" in err and "--resume" in err
 

@@ -20,7 +20,7 @@ from crs.errors import ConfigError, DataError
 from crs.interfaces import BuildDeps
 from crs.plugins.training.plain import PlainStrategy
 from crs.training import Trainer
-from crs.training.checkpoint import load_checkpoint
+from crs.training.checkpoint import load_checkpoint, with_checksum
 from crs.training.early_stopping import EarlyStopper
 from crs.training.optim import build_optimizer, norm_parameter_ids, parameter_groups
 from crs.training.precision import Precision, resolve_device
@@ -521,7 +521,7 @@ def test_the_best_state_comes_back_from_best_pt_and_a_wrong_best_pt_is_a_data_er
     best_at_epoch_one(tmp_path / "bad", monkeypatch, kill=True)
     best = torch.load(tmp_path / "bad" / "best.pt", weights_only=True)
     best["epoch"] = 2
-    torch.save(best, tmp_path / "bad" / "best.pt")
+    torch.save(with_checksum(best), tmp_path / "bad" / "best.pt")  # a wrong epoch, not a damaged file
     with pytest.raises(DataError) as caught:
         resume_after_epoch_one(tmp_path / "bad", monkeypatch)
     assert "best.pt" in str(caught.value) and "(0, 1)" in str(caught.value) and "without --resume" in str(caught.value)
