@@ -16,12 +16,13 @@ from crs.config.loader import load_config
 from crs.config.spec import SamplesSpec
 from crs.data import prepare
 from crs.data.build import build_samples
-from crs.data.schema import RECOMMENDER, SEEKER
+from crs.data.schema import RECOMMENDER, SEEKER, Mention
 from crs.errors import ConfigError, DataError
 from crs.interfaces import BuildDeps
 from crs.knowledge import ENTITY, IndexedGraph, KnowledgeGraph
 from crs.plugin_manager import get_plugin_manager
 from crs.plugins.datasets.generic_jsonl import JsonlDataset
+from crs.plugins.datasets.sample_lines import named_in
 from crs.registry import Registry
 from crs.runner import run
 
@@ -151,6 +152,19 @@ def test_options_ungrouped_last_speaker_and_repeated_lines(tmp_path):
     assert conv.id == "train-1" and [t.role for t in conv.turns] == [SEEKER, RECOMMENDER]
     assert conv.turns[1].recommended == ["Comedy Movie 0 (2000)", "Comedy Movie 1 (2001)"]
     assert corpus.report["sample_per_line"]["lines_repeating_a_turn"] == 2
+
+
+@pytest.mark.parametrize("text, mention, words", [
+    ("I like Stanley Kubrick.", Mention("Stanley_Kubrick"), "Stanley Kubrick"),  # underscores as spaces
+    ("i like stanley kubrick", Mention("Stanley_Kubrick"), "stanley kubrick"),  # any case; the text's own words
+    ("more horrors", Mention("horror"), None),  # whole words only
+    ("a horror_film", Mention("horror"), None),
+    ("watch The Shining", Mention("<http://dbpedia.org/resource/The_Shining_(film)>"), "The Shining"),  # URI label
+    ("it was 1980", Mention("1980"), None),  # names without a letter never match
+    ("that one", Mention("Q42", "that one"), "that one"),  # the mention's own text first
+])
+def test_a_turn_names_a_mention_by_whole_words(text, mention, words):
+    assert named_in(text, mention) == words
 
 
 @pytest.mark.parametrize("record, problem, key", [

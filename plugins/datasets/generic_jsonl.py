@@ -259,9 +259,9 @@ class JsonlDataset(Dataset):
             history = expect(self._required(record, "history"), list,
                              f"field '{self.f.history}' (mapped by fields.history)",
                              "map fields.history to the list of the turns before the reply (plain strings)")
-            texts = [expect_text(text, f"entry {n} of field '{self.f.history}' (mapped by fields.history)",
-                                 "write each history turn as a string")
-                     for n, text in enumerate(history)]
+            texts = history if all(type(text) is str for text in history) else [  # messages built on errors only
+                expect_text(text, f"entry {n} of field '{self.f.history}' (mapped by fields.history)",
+                            "write each history turn as a string") for n, text in enumerate(history)]
             return SampleLine(
                 line=0, history=texts, reply=self._required_text(record, "reply"),
                 recommended=self._mentions(record, "recommended", self.f.item_id, self.f.item_text),
@@ -301,6 +301,8 @@ class JsonlDataset(Dataset):
         id_key, text_key = ("entity_id", "entity_text") if key == "entities" else ("item_id", "item_text")
         expect(value, list, f"field '{source}' (mapped by fields.{key})",
                f"write '{source}' as a list of ids or of objects with '{id_field}' (fields.{id_key})")
+        if all(type(entry) is str for entry in value):  # plain ids, the common case
+            return [Mention(entry) for entry in value]
         out = []
         for n, entry in enumerate(value):
             what = f"entry {n} of field '{source}' (mapped by fields.{key})"

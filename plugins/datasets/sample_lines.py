@@ -67,6 +67,9 @@ class _Dialogue:
     id: str
     user_id: str
     turns: list[Turn]
+    # kind ("entities" / "items") -> mention id -> position of the turn it is attached to (kept, not re-scanned:
+    # a dialogue of n lines would otherwise cost n^2)
+    attached: dict[str, dict[str, int]] = field(default_factory=lambda: {"entities": {}, "items": {}})
 
 
 @lru_cache(maxsize=65536)
@@ -74,23 +77,45 @@ def _pattern(surface: str) -> re.Pattern:
     return re.compile(rf"(?<!\w){re.escape(surface)}(?!\w)", re.IGNORECASE)
 
 
+@lru_cache(maxsize=65536)
+def _surfaces(ident: str, text: str) -> tuple[tuple[str, str], ...]:
+    forms = [text, ident, ident.replace("_", " ")]
+    if ident.startswith("<") or "/" in ident:
+        forms.append(uri_label(ident))
+    return tuple((form, form.casefold()) for form in dict.fromkeys(f.strip() for f in forms)
+                 if form and _LETTER.search(form))
+
+
 def surfaces(mention: Mention) -> list[str]:
     """The words a turn may name `mention` by (see the module docstring), most specific first."""
-    forms = [mention.text, mention.id, mention.id.replace("_", " ")]
-    if mention.id.startswith("<") or "/" in mention.id:
-        forms.append(uri_label(mention.id))
-    return [form for form in dict.fromkeys(f.strip() for f in forms) if form and _LETTER.search(form)]
+    return [form for form, _folded in _surfaces(mention.id, mention.text)]
 
 
-def named_in(text: str, mention: Mention) -> Optional[str]:
-    """The words of `text` that name `mention` (as written there), or None."""
-    lowered = text.casefold()
-    for surface in surfaces(mention):
-        if surface.casefold() in lowered:
+def named_in(text: str, mention: Mention, folded: Optional[str] = None) -> Optional[str]:
+    """The words of `text` that name `mention` (as written there), or None.
+
+    :param folded: ``text.casefold()`` when the caller has it (a turn is searched for many mentions).
+    """
+    folded = text.casefold() if folded is None else folded
+    for surface, surface_folded in _surfaces(mention.id, mention.text):
+        if surface_folded not in folded:
+            continue
+        if len(folded) != len(text):  # casefolding changed the length ("ß" -> "ss"): positions differ
             found = _pattern(surface).search(text)
             if found:
                 return found.group(0)
+            continue
+        start = folded.find(surface_folded)
+        while start >= 0:  # whole words only, as the regex (?<!\w)surface(?!\w) would say, without compiling it
+            end = start + len(surface_folded)
+            if not (start and _word_char(folded[start - 1])) and not (end < len(folded) and _word_char(folded[end])):
+                return text[start:end]
+            start = folded.find(surface_folded, start + 1)
     return None
+
+
+def _word_char(char: str) -> bool:
+    return char.isalnum() or char == "_"
 
 
 class DialogueAssembler:
@@ -172,7 +197,7 @@ class DialogueAssembler:
         turn.recommended += [m.id for m in sample.recommended if m.id not in turn.recommended]
         known = {m.id for m in turn.items}
         turn.items += [m for m in self._located(turn.text, sample.recommended) if m.id not in known]
-        self._attach(dialogue.turns, sample, start=0, end=pos)
+        self._attach(dialogue, sample, start=0, end=pos)
         return True
 
     def _append(self, dialogue: _Dialogue, sample: SampleLine, full: list[tuple[str, str]], *, start: int,
@@ -186,24 +211,28 @@ class DialogueAssembler:
         for pos in range(start, len(full)):
             self._ends[hashes[pos]] = (dialogue, pos)
         # the turn before the new ones is the previous line's reply: no earlier sample has it in its context
-        self._attach(dialogue.turns, sample, start=max(start - 1, 0), end=len(full) - 1)
+        self._attach(dialogue, sample, start=max(start - 1, 0), end=len(full) - 1)
 
-    def _attach(self, turns: list[Turn], sample: SampleLine, *, start: int, end: int) -> None:
+    def _attach(self, dialogue: _Dialogue, sample: SampleLine, *, start: int, end: int) -> None:
         """Put the line's pooled mentions on turns ``start .. end - 1`` (its history), see the module docstring."""
-        if end == 0:  # no history: the pool stays on the reply turn
-            turns[0].entities += [m for m in sample.entities if m.id not in {e.id for e in turns[0].entities}]
-            turns[0].items += [m for m in sample.items if m.id not in {e.id for e in turns[0].items}]
-            return
+        turns, folded = dialogue.turns, {}
         for kind, pool in (("entities", sample.entities), ("items", sample.items)):
-            present = {m.id for turn in turns[:end] for m in getattr(turn, kind)}
+            if not pool:
+                continue
+            attached = dialogue.attached[kind]
+            # what the line's history already holds; every attachment lies before `end` unless a turn is repeated
+            limit = max(end, 1)  # the turns the line's pool may already be on (the reply turn when it has no history)
+            present = set(attached) if end == len(turns) - 1 else {i for i, at in attached.items() if at < limit}
             for mention in pool:
                 if mention.id in present:
                     continue
                 present.add(mention.id)
-                target, words = end - 1, None
-                if self.pooled == "first_mention":
+                target, words = max(end - 1, 0), None  # no history: the pool stays on the reply turn
+                if end and self.pooled == "first_mention":
                     for pos in range(start, end):
-                        words = named_in(turns[pos].text, mention)
+                        if pos not in folded:
+                            folded[pos] = turns[pos].text.casefold()
+                        words = named_in(turns[pos].text, mention, folded[pos])
                         if words is not None:
                             target = pos
                             break
@@ -212,6 +241,7 @@ class DialogueAssembler:
                 else:
                     words = named_in(turns[target].text, mention)
                 getattr(turns[target], kind).append(Mention(mention.id, words if words is not None else mention.text))
+                attached.setdefault(mention.id, target)
 
     @staticmethod
     def _located(text: str, mentions: list[Mention]) -> list[Mention]:
