@@ -36,8 +36,11 @@ def _configure_run(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="dotted overrides applied last, e.g. stages.0.epochs=2 data=inspired")
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in the run dir")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the run already in the run dir (without it, a folder holding a run is refused)")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
-    parser.add_argument("--run-dir", default=None, metavar="DIR", help="where checkpoints and reports go")
+    parser.add_argument("--run-dir", default=None, metavar="DIR",
+                        help="where checkpoints and reports go (default: run_dir, runs/NAME-CORPUS)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -47,8 +50,8 @@ def _run(args: argparse.Namespace) -> int:
     config, overrides = args.config, list(args.overrides)
     if config is not None and "=" in config and not os.path.exists(config):
         config, overrides = None, [config, *overrides]  # `crs run preset=kgsf ...`
-    code = run(config, overrides, resume=args.resume, print_config=args.print_config, run_dir=args.run_dir,
-               progress=not args.no_progress)
+    code = run(config, overrides, resume=args.resume, overwrite=args.overwrite, print_config=args.print_config,
+               run_dir=args.run_dir, progress=not args.no_progress)
     return code if isinstance(code, int) else 0
 
 

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import yaml
 
+log = logging.getLogger("crs.run")
+
 
 def _peak_rss_mb() -> float:
     # ru_maxrss is in KiB on Linux
@@ -35,65 +37,122 @@ def prepare(config_path: str | None, overrides: list[str], run_dir: str | None =
     return registry, spec, resolved
 
 
-def run(config_path: str | None, overrides: list[str], *, resume: bool = False, print_config: bool = False,
-        run_dir: str | None = None, progress: bool = True) -> int:
+def run(config_path: str | None, overrides: list[str], *, resume: bool = False, overwrite: bool = False,
+        print_config: bool = False, run_dir: str | None = None, progress: bool = True) -> int:
+    """`crs run`: train and evaluate into ``spec.run_dir``.
+
+    The run folder is locked for the whole command (:mod:`crs.run_folder`).  Everything that
+    can refuse the run is checked before anything is written there: another process holding
+    the folder, a finished or unfinished run in it (``overwrite`` replaces it, ``resume``
+    continues it), and for ``resume`` the checkpoint's checksum and config.  A run that fails
+    before its first checkpoint removes the folder it created.
+    """
+    from .errors import ConfigError
+
     registry, spec, resolved = prepare(config_path, overrides, run_dir)
     if print_config:
         sys.stdout.write(yaml.safe_dump(resolved, sort_keys=False))
         return 0
+    if resume and overwrite:
+        raise ConfigError("", "--resume continues the run in the folder and --overwrite replaces it",
+                          "pass one of them", source="command line")
 
+    from .training.run_log import console
+
+    with console():
+        return _run_in_folder(registry, spec, resolved, resume=resume, overwrite=overwrite, progress=progress)
+
+
+def _run_in_folder(registry, spec, resolved: dict, *, resume: bool, overwrite: bool, progress: bool) -> int:
+    """The body of `crs run` once the config is loaded: checks, lock, data, training, evaluation, report."""
     import torch
 
     from .data.item_links import unlinked_note
+    from .data.shared_folder import check_shared_data
     from .evaluation import evaluate
     from .io import atomic_write_text
     from .pipeline import build_pipeline
+    from .run_folder import claim, clear_run, refuse_existing_run
+    from .training.checkpoint import check_resumable, comparable_config
     from .training.seeding import seed_everything
     from .training.trainer import Trainer
 
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
     out = Path(spec.run_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
-    if spec.threads:
-        torch.set_num_threads(spec.threads)
-    seed_everything(spec.seed)
+    check_shared_data(spec, registry)  # before a folder exists: a missing corpus leaves nothing behind
+    with claim(out):
+        refuse_existing_run(out, resume=resume, overwrite=overwrite)
+        if resume:  # a damaged checkpoint or another config: refused before the (slow) loading, nothing written
+            check_resumable(out, comparable_config(resolved))
+        if spec.threads:
+            torch.set_num_threads(spec.threads)
+        seed_everything(spec.seed)
 
-    started = time.perf_counter()
-    pipeline = build_pipeline(spec, registry, resolved)
-    print(f"[crs] {spec.name}: {pipeline.corpus.name} corpus, "
-          f"{', '.join(f'{k} {len(v)} samples' for k, v in pipeline.samples.items())}, {len(pipeline.items)} items"
-          f"{unlinked_note(pipeline.corpus.report)}, "
-          f"{sum(p.numel() for p in pipeline.model.parameters()):,} parameters", flush=True)
-    check_split(pipeline)  # a misspelt split must not cost a whole training run first
+        started = time.perf_counter()
+        pipeline = build_pipeline(spec, registry, resolved)
+        check_split(pipeline)  # a misspelt split must not cost a whole training run first
+        print_header(pipeline, out, unlinked_note(pipeline.corpus.report))
+        print_skipped_lines(pipeline)
+        if overwrite:
+            removed = clear_run(out)
+            if removed:
+                log.info("--overwrite: removed the previous run's %s from %s", ", ".join(removed), out)
+        atomic_write_text(out / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
 
-    t0 = time.perf_counter()
-    trainer = Trainer(pipeline, out, resume=resume, progress=progress)
-    history = trainer.fit()
-    train_s = time.perf_counter() - t0
-    throughput = {stage: {**{k: round(v, 3) for k, v in t.items()},
-                          "samples_per_s": round(t["samples"] / t["train_s"], 1) if t["train_s"] else None}
-                  for stage, t in trainer.timings.items()}
+        t0 = time.perf_counter()
+        trainer = Trainer(pipeline, out, resume=resume, progress=progress)
+        history = trainer.fit()
+        train_s = time.perf_counter() - t0
+        throughput = {stage: {**{k: round(v, 3) for k, v in t.items()},
+                              "samples_per_s": round(t["samples"] / t["train_s"], 1) if t["train_s"] else None}
+                      for stage, t in trainer.timings.items()}
 
-    t0 = time.perf_counter()
-    ev = spec.evaluation
-    results = evaluate(pipeline, ev.split, generate=ev.generate, max_samples=ev.max_samples, progress=progress)
-    eval_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        ev = spec.evaluation
+        results = evaluate(pipeline, ev.split, generate=ev.generate, max_samples=ev.max_samples, progress=progress)
+        eval_s = time.perf_counter() - t0
 
-    extra = {
-        "timings_s": {**{k: round(v, 3) for k, v in pipeline.timings.items()},
-                      "train": round(train_s, 3), "evaluate": round(eval_s, 3),
-                      "total": round(time.perf_counter() - started, 3)},
-        "peak_rss_mb": round(_peak_rss_mb(), 1),
-        "training": throughput,
-        "data": {"corpus": pipeline.corpus.name, "report": pipeline.corpus.report,
-                 "samples": {k: len(v) for k, v in pipeline.samples.items()}, "items": len(pipeline.items)},
-        "history": history,
-    }
-    path = write_evaluation(out, results, resolved, extra)
+        extra = {
+            "timings_s": {**{k: round(v, 3) for k, v in pipeline.timings.items()},
+                          "train": round(train_s, 3), "evaluate": round(eval_s, 3),
+                          "total": round(time.perf_counter() - started, 3)},
+            "peak_rss_mb": round(_peak_rss_mb(), 1),
+            "training": throughput,
+            "data": {"corpus": pipeline.corpus.name, "report": pipeline.corpus.report,
+                     "samples": {k: len(v) for k, v in pipeline.samples.items()}, "items": len(pipeline.items)},
+            "history": history,
+        }
+        path = write_evaluation(out, results, resolved, extra)
     print(f"[crs] report: {path}  (train {train_s:.1f}s, evaluate {eval_s:.1f}s, "
-          f"peak RSS {extra['peak_rss_mb']:.0f} MB)")
+          f"peak RSS {extra['peak_rss_mb']:.0f} MB)", flush=True)
     return 0
+
+
+def print_header(pipeline, out: Path, items_note: str = "") -> None:
+    """What the run works on: corpus, items (`items_note`: e.g. how many are unlinked from the KG),
+    parameters, folder, and what its report will count.
+
+    The split sizes count samples, one per recommender turn; the report's ``(rec samples)``
+    counts ranked targets, one per item a turn recommends (none for a turn that recommends
+    nothing), so the two differ, and the header says by how much before the run starts.
+    """
+    spec = pipeline.spec
+    parameters = sum(p.numel() for p in pipeline.model.parameters())
+    print(f"[crs] {spec.name}: {pipeline.corpus.name} corpus, {len(pipeline.items)} items{items_note}, "
+          f"{parameters:,} parameters, run folder {out}", flush=True)
+    sizes = ", ".join(f"{split} {len(samples)}" for split, samples in pipeline.samples.items())
+    print(f"[crs] samples (one per recommender turn): {sizes}", flush=True)
+    print(f"[crs] {scored_counts(pipeline, spec.evaluation.split)}", flush=True)
+
+
+def scored_counts(pipeline, split: str) -> str:
+    """Why the report's sample counts differ from the split's: ranked targets and scored replies."""
+    turns = len(pipeline.samples.get(split, []))
+    targets = len(pipeline.task_samples(split, "rec"))
+    text = (f"{split}: {turns} turns; rec.* ranks {targets} recommended items (one per item a turn recommends, "
+            "none for a turn that recommends nothing)")
+    if getattr(pipeline.model, "has_generator", False):
+        text += f", gen.* scores {len(pipeline.task_samples(split, 'conv'))} replies"
+    return text
 
 
 def write_evaluation(out: Path, results, resolved: dict, extra: dict) -> Path:
@@ -104,15 +163,30 @@ def write_evaluation(out: Path, results, resolved: dict, extra: dict) -> Path:
     from .evaluation import format_table, write_rankings, write_report
     from .evaluation.report import write_generations
 
-    print(format_table(results))
+    print(format_table(results), flush=True)
     write_rankings(out, results.rankings)
     # `generations` arrives with the evaluator's per-sample generation records; until then, an empty file.
     write_generations(out, getattr(results, "generations", None) or [])
     return write_report(out, results, resolved_config=resolved, extra=extra)
 
 
+def print_skipped_lines(pipeline) -> None:
+    """One console line for the malformed data lines the corpus skipped under ``on_error: skip`` (none: silent).
+
+    The report holds the same count (extra.data.report.skipped, with examples); the console says it too,
+    because a skip that nobody sees changes the test set without a trace.
+    """
+    report = getattr(pipeline.corpus, "report", None) or {}
+    count = int(report.get("skipped") or 0)
+    if count:
+        files = ", ".join(f"{Path(str(name)).name} {n}" for name, n in (report.get("skipped_by_file") or {}).items())
+        print(f"[crs] {pipeline.corpus.name}: skipped {count} malformed line{'s' * (count != 1)} "
+              f"(on_error: skip){f' in {files}' if files else ''}", flush=True)
+
+
 def check_split(pipeline, source: str | None = None) -> None:
-    """A ConfigError when the corpus has no ``evaluation.split`` (caught before any training or evaluation).
+    """A ConfigError when the corpus has no ``evaluation.split``, a DataError when that split has nothing to
+    evaluate (:func:`crs.evaluation.evaluator.check_evaluable`); caught before any training or evaluation.
 
     :param source: where the split was given (e.g. "--split"), for the message.
     """
@@ -123,6 +197,9 @@ def check_split(pipeline, source: str | None = None) -> None:
         raise ConfigError("evaluation.split", f"the {pipeline.corpus.name} corpus has no split "
                           f"'{split}'.{did_you_mean(split, pipeline.samples)}",
                           f"use one of: {', '.join(pipeline.samples)}", source=source)
+    from .evaluation.evaluator import check_evaluable
+
+    check_evaluable(pipeline, split)  # nor an empty one: evaluating on nothing is refused after training otherwise
 
 
 # ----------------------------------------------------------------- crs eval
@@ -157,7 +234,6 @@ def evaluate_run(run_dir: str, overrides: list[str], *, split: str | None = None
     ``run_dir/eval/<split>``), never into `run_dir` itself or another run's folder.
     """
     from .errors import ConfigError
-    from .serving import load_pipeline
     from .training.checkpoint import CHECKPOINT_FILE
 
     check_eval_overrides(list(overrides))
@@ -170,11 +246,32 @@ def evaluate_run(run_dir: str, overrides: list[str], *, split: str | None = None
     if split is not None:
         overrides = [*overrides, f"evaluation.split={split}"]
 
+    import contextlib
+    import os
+
+    from .run_folder import claim
+    from .training.run_log import console
+
+    # The run's folder is locked like a training run's: the default output lies inside it, and a
+    # `crs run --overwrite` or `--resume` of the same folder must not change the model under the evaluation.
+    # A missing folder is load_pipeline's error to explain, so it is not created here; a read-only one
+    # (a run shared by someone else, evaluated with --out elsewhere) nobody can change, so it needs no lock.
+    lockable = Path(run_dir).is_dir() and os.access(run_dir, os.W_OK)
+    folder_lock = claim(run_dir, create=False) if lockable else contextlib.nullcontext()
+    with console(), folder_lock:
+        path, load_s, eval_s = _evaluate_locked(run_dir, overrides, split, out, progress)
+    print(f"[crs] report: {path}  (load {load_s:.1f}s, evaluate {eval_s:.1f}s)", flush=True)
+    return 0
+
+
+def _evaluate_locked(run_dir: str, overrides: list[str], split: str | None, out: str | None,
+                     progress: bool) -> tuple[Path, float, float]:
+    """The body of `crs eval` while the run folder is locked; returns (report path, load s, evaluate s)."""
     import torch
 
     from .evaluation import evaluate
+    from .serving import load_pipeline
 
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
     started = time.perf_counter()
     pipeline = load_pipeline(run_dir, overrides)
     load_s = time.perf_counter() - started
@@ -188,6 +285,8 @@ def evaluate_run(run_dir: str, overrides: list[str], *, split: str | None = None
     print(f"[crs] eval {spec.name} from {run_dir}: {pipeline.corpus.name} corpus, {split} split "
           f"({len(pipeline.samples[split])} samples), protocols "
           f"{', '.join(str(p.get('type')) for p in ev.protocols)}", flush=True)
+    print(f"[crs] {scored_counts(pipeline, split)}", flush=True)
+    print_skipped_lines(pipeline)
     t0 = time.perf_counter()
     results = evaluate(pipeline, split, generate=ev.generate, max_samples=ev.max_samples, progress=progress)
     eval_s = time.perf_counter() - t0
@@ -201,6 +300,4 @@ def evaluate_run(run_dir: str, overrides: list[str], *, split: str | None = None
         "data": {"corpus": pipeline.corpus.name, "samples": {k: len(v) for k, v in pipeline.samples.items()},
                  "items": len(pipeline.items)},
     }
-    path = write_evaluation(target, results, pipeline.resolved, extra)
-    print(f"[crs] report: {path}  (load {load_s:.1f}s, evaluate {eval_s:.1f}s)")
-    return 0
+    return write_evaluation(target, results, pipeline.resolved, extra), load_s, eval_s

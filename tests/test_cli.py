@@ -76,7 +76,9 @@ def test_run_delegates_every_option(runner, tmp_path):
                      "--no-progress"])
     assert code == 0
     assert runner.calls == [(str(config), ["a=1", "b.c=2"],
-                             {"resume": True, "print_config": True, "run_dir": "out", "progress": False})]
+                             {"resume": True, "overwrite": False, "print_config": True, "run_dir": "out",
+                              "progress": False})]
+    assert cli.main(["run", str(config), "--overwrite"]) == 0 and runner.calls[1][2]["overwrite"] is True
 
 
 def test_run_without_config_file_takes_overrides_only(runner):

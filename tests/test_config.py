@@ -129,8 +129,9 @@ def test_preset_file_and_overrides_layer_in_order(workdir):
     assert spec.name == "mine" and spec.preset == "base" and spec.seed == 7
     assert spec.model == {"rec": {"type": "fake_rec", "dim": 32}}
     assert spec.stages == [StageSpec(name="rec", objectives={"rec": 1.0}, epochs=3)]
-    assert spec.run_dir == "runs/mine"  # the default's ${name} interpolation is resolved
-    assert resolved["stages"][0]["epochs"] == 3 and resolved["run_dir"] == "runs/mine"
+    # the default runs/${name}-${corpus} is resolved; a data node written out names the corpus by its type
+    assert spec.run_dir == "runs/mine-fake_data" and spec.corpus == "fake_data"
+    assert resolved["stages"][0]["epochs"] == 3 and resolved["run_dir"] == "runs/mine-fake_data"
 
 
 def test_changing_a_type_replaces_the_node(workdir):

@@ -18,8 +18,9 @@ its ``data`` and ``knowledge`` replace what was set before, as do its ``linker``
 ``data=inspired data.max_lines=100`` uses the inspired bundle with 100 lines, and a
 file with ``data: demo`` plus ``samples: {context_turns: 3}`` keeps its 3 turns.
 
-Then ``${...}`` interpolations are resolved, top-level defaults are filled in (so
-``run_dir: runs/${name}`` resolves), and the result is validated into a
+Then ``corpus`` is set (the latest bundle's name while its dataset is still the one in
+use, else ``data.type``), ``${...}`` interpolations are resolved, top-level defaults are
+filled in (so the default ``run_dir: runs/${name}-${corpus}`` resolves), and the result is validated into a
 :class:`~crs.config.spec.PipelineSpec`.  Errors name the file and line (or the
 override) the offending value came from.
 
@@ -90,11 +91,13 @@ def load_config(path: str | None, overrides: list[str] | tuple[str, ...] = (), *
     layers.append(file_layer)
 
     merged: dict[str, Any] = {}
+    last_bundle: tuple[str, Any] | None = None  # (name, data.type) of the latest corpus bundle, for `corpus`
     for layer in layers:
         values = _normalize(copy.deepcopy(layer.values))
         bundle = values.pop("data") if isinstance(values.get("data"), str) else None
         if bundle is not None:
             merged = _apply_bundle(merged, registry_file.bundle_layer(bundle, layer.label), sources)
+            last_bundle = (bundle, _data_type(merged))
         if layer.text is not None:
             sources.add_yaml(layer.label, layer.text, layer.prefix)
         merged = _merge(merged, values, origin=f"{layer.prefix} in {layer.label}" if layer.prefix else layer.label)
@@ -105,11 +108,13 @@ def load_config(path: str | None, overrides: list[str] | tuple[str, ...] = (), *
             _delete_path(merged, key[1:], text)
         elif key == "data" and isinstance(value, str):
             merged = _apply_bundle(merged, registry_file.bundle_layer(value, f"override '{text}'"), sources)
+            last_bundle = (value, _data_type(merged))
         else:
             _set_path(merged, key, value, text)
         sources.add_override(key, text)
     if preset is not None:
         merged["preset"] = preset
+    merged.setdefault("corpus", _corpus_name(merged, last_bundle))
 
     resolved = _resolve(_normalize(merged), sources)
     try:
@@ -333,6 +338,20 @@ def _apply_bundle(merged: dict, bundle: _Layer, sources: SourceMap) -> dict:
             out.pop(key, None)
     sources.add_yaml(bundle.label, bundle.text or "", bundle.prefix)
     return out
+
+
+def _data_type(config: dict) -> Any:
+    data = config.get("data")
+    return data.get("type") if isinstance(data, dict) else None
+
+
+def _corpus_name(config: dict, last_bundle: tuple[str, Any] | None) -> str | None:
+    """The corpus's name for the default run_dir: the bundle that set `data` (``inspired``) while its
+    dataset type is still the one in use, else ``data.type`` (a file that writes its own ``data:`` node)."""
+    data_type = _data_type(config)
+    if last_bundle is not None and last_bundle[1] == data_type:
+        return last_bundle[0]
+    return data_type if isinstance(data_type, str) else None
 
 
 def _parse_override(text: str) -> tuple[str, Any, str]:

@@ -107,7 +107,8 @@ class PipelineSpec:
     stages: list[StageSpec]
     name: str = "pipeline"
     seed: int = 42
-    run_dir: str = "runs/${name}"
+    # where the run's files go; the default names the system and the corpus (runs/kgsf-no-mim-inspired)
+    run_dir: str = "runs/${name}-${corpus}"
     device: str = "cpu"
     threads: int = 0  # torch threads; 0 = torch's default
     knowledge: dict[str, Node] = field(default_factory=dict)
@@ -117,3 +118,5 @@ class PipelineSpec:
     samples: SamplesSpec = field(default_factory=SamplesSpec)
     evaluation: EvaluationSpec = field(default_factory=EvaluationSpec)
     preset: Optional[str] = None  # informational after loading: which registry.yaml preset it came from
+    # the corpus's name in run_dir: set by the loader to the corpus bundle `data:` named (inspired), else data.type
+    corpus: Optional[str] = None

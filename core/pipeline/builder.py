@@ -171,7 +171,7 @@ def build_pipeline(spec: PipelineSpec, registry: Any, resolved: dict) -> Pipelin
         renames[name] = getattr(component, "port_renames", {})
     model = PipelineModel(slots, wire(slots, renames, batch_keys(extra_fields)), shared).to(spec.device)
     timings["build_model_s"] = time.perf_counter() - t0
-    log.info("pipeline built: %s", {k: round(v, 2) for k, v in timings.items()})
+    log.debug("pipeline built: %s", {k: round(v, 2) for k, v in timings.items()})  # CRS_DEBUG=1 shows it
     return Pipeline(spec=spec, resolved=resolved, registry=registry, corpus=corpus, vocab=vocab, items=items,
                     graphs=graphs, item_texts=item_texts, users=users, samples=samples, model=model,
                     linker=linker, timings=timings, fields=extra_fields)

@@ -56,9 +56,9 @@ from .early_stopping import EarlyStopper, cpu_state_dict, is_loss_metric
 from .loop import EpochLoop, weighted_objective
 from .optim import build_optimizer, build_scheduler, norm_parameter_ids
 from .precision import Precision, resolve_device
-from .run_log import MetricsLog
+from .run_log import MetricsLog, epoch_line
 from .seeding import capture_rng_state, restore_rng_state, seed_everything
-from .stage import StagePlan, batch_length, plan_stage, train_only
+from .stage import StagePlan, batch_length, check_stage_numbers, plan_stage, train_only
 
 __all__ = ["Trainer", "HISTORY_FILE"]
 
@@ -138,8 +138,8 @@ class Trainer:
     def _load_for_resume(self) -> dict[str, Any] | None:
         if not self.resume:
             if (self.run_dir / CHECKPOINT_FILE).exists():
-                log.warning("%s already holds a run; starting over and overwriting it (resume=True would "
-                            "continue it instead)", self.run_dir)
+                log.warning("%s already holds a run; starting over and overwriting it (`crs run --resume` "
+                            "would continue it instead)", self.run_dir)
             return None
         checkpoint = load_checkpoint(self.run_dir)
         if checkpoint is None:
@@ -155,6 +155,7 @@ class Trainer:
                 raise ConfigError(f"stages.{index}.name", f"stage name '{stage.name}' is also used by stage "
                                   f"{seen[stage.name]}", "give every stage its own name (history is keyed by it)")
             seen[stage.name] = index
+            check_stage_numbers(stage, index)  # every stage before the first trains (NaN/inf included)
 
     # ---------------------------------------------------------------- stage
     def _run_stage(self, index: int, stage: Any, resume_state: dict[str, Any] | None) -> None:
@@ -191,7 +192,7 @@ class Trainer:
                                  scheduler=scheduler, epoch=epoch, global_step=global_step,
                                  run_seed=int(self.spec.seed), metrics=self._metrics, log_every=self.log_every,
                                  progress=self.progress, precision=precision)
-                started = time.perf_counter()
+                started = epoch_started = time.perf_counter()
                 try:
                     with precision.autocast():
                         train_means = strategy.train_epoch(loop) or loop.mean_parts()
@@ -214,10 +215,17 @@ class Trainer:
                     timing["valid_s"] += time.perf_counter() - started
                     self._metrics.write(stage.name, epoch + 1, global_step, "valid", record["valid"], scope="epoch")
                 records.append(record)
-                if stopper is not None and stopper.update(record["valid"], epoch + 1):
+                best = stopper is not None and stopper.update(record["valid"], epoch + 1)
+                if best:
                     self._save_best(plan, stopper)
+                log.info(epoch_line(str(stage.name), epoch + 1, int(stage.epochs), record["train"],
+                                    record.get("valid"), stopper.metric if stopper is not None else None, best,
+                                    time.perf_counter() - epoch_started))
                 stop = stopper is not None and stopper.stopped
                 stage_done = stop or epoch == int(stage.epochs) - 1
+                if stop:  # said before the restore below, in the order things happen
+                    log.info("stage '%s': early stop after epoch %d (no better %s for %d epochs)", stage.name,
+                             epoch + 1, stopper.metric, stopper.patience)
                 if stage_done:
                     if stopper is not None and self._restore_best(plan, stopper):
                         log.info("stage '%s': restored the best epoch (%s, %s = %.6g)", stage.name,
@@ -229,8 +237,6 @@ class Trainer:
                            scheduler=scheduler, global_step=global_step, stopper=stopper, scaler=precision.scaler)
                 atomic_write_json(self.run_dir / HISTORY_FILE, self.history)
                 if stop:
-                    log.info("stage '%s': early stop after epoch %d (no better %s for %d epochs)", stage.name,
-                             epoch + 1, stopper.metric, stopper.patience)
                     break
             if not ended:  # a stage of 0 epochs
                 notify(self.model, "on_train_end", stage=plan, pipeline=self.pipeline)
