@@ -24,6 +24,16 @@ filled in (so the default ``run_dir: runs/${name}-${corpus}`` resolves), and the
 :class:`~crs.config.spec.PipelineSpec`.  Errors name the file and line (or the
 override) the offending value came from.
 
+Environment variables: ``${oc.env:NAME}`` is refused wherever it appears (file, preset, bundle or
+override), naming the key.  A resolved config is written into ``config.yaml``, ``report.json`` and every
+checkpoint, so a value read from the environment (a token, a private path) would be copied into each of
+them, and a later ``crs eval`` or ``--resume`` would silently read whatever the environment holds then.
+Pass such a value as an override (``data.root=$DATA_ROOT``, expanded by the shell and recorded like any
+other value) or keep a run file per environment.
+
+After validation the top-level settings torch consumes are checked too (``threads`` >= 0, and that
+``device`` exists on this machine), so that no output folder is created for a run that cannot start.
+
 registry.yaml is looked up in order: the ``registry_path`` argument, ``$CRS_REGISTRY``,
 ``./registry.yaml``, then the repository root next to the installed ``crs`` package.
 """
@@ -43,7 +53,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from ..errors import ConfigError, UnknownComponentError, did_you_mean
 from .spec import PipelineSpec
-from .validate import from_dict, locate
+from .validate import from_dict, join, locate
 from .yaml_lines import SourceMap
 
 REGISTRY_ENV = "CRS_REGISTRY"
@@ -116,13 +126,16 @@ def load_config(path: str | None, overrides: list[str] | tuple[str, ...] = (), *
         merged["preset"] = preset
     merged.setdefault("corpus", _corpus_name(merged, last_bundle))
 
-    resolved = _resolve(_normalize(merged), sources)
+    merged = _normalize(merged)
+    _refuse_environment(merged, sources)
+    resolved = _resolve(merged, sources)
     try:
         spec = from_dict(PipelineSpec, resolved, "", sources)
+        check_settings(spec)
     except ConfigError as err:
         if path is None and not err.source:
-            raise locate(err, "(overrides)")
-        raise
+            raise locate(locate(err, sources), "(overrides)")
+        raise locate(err, sources)
     if registry is not None:
         validate_components(spec, registry, sources)
     return spec, dataclasses.asdict(spec)
@@ -138,7 +151,7 @@ def validate_components(spec: PipelineSpec, registry: Any, source: Any = None) -
 
     if isinstance(source, (str, os.PathLike)) and Path(source).is_file():
         locator = SourceMap()
-        locator.add_yaml(str(source), Path(source).read_text(encoding="utf-8"))
+        locator.add_yaml(str(source), read_yaml_text(Path(source), "config file"))
         source = locator
     nodes: list[tuple[Any, Any, str]] = [("dataset", spec.data, "data")]
     nodes += [("knowledge_source", node, f"knowledge.{name}") for name, node in spec.knowledge.items()]
@@ -188,7 +201,45 @@ def find_registry_file(registry_path: str | os.PathLike | None = None) -> Path |
     return packaged if packaged.is_file() else None
 
 
+def check_settings(spec: PipelineSpec) -> None:
+    """Check the top-level settings torch consumes, before anything is written or built.
+
+    ``threads`` must be 0 (torch's default) or positive; ``device`` must name a device this
+    machine has (:func:`crs.training.precision.resolve_device`, which imports torch, so it runs
+    only for devices other than ``cpu``).  ``seed`` needs nothing more: every int the validator
+    accepts (64-bit) seeds Python, NumPy and torch.
+
+    :raises ConfigError: at ``threads`` or ``device``.
+    """
+    if spec.threads < 0:
+        raise ConfigError("threads", f"must be 0 (torch's default) or a positive number of threads, got {spec.threads}",
+                          "use threads: 0, or the number of CPU cores to use, e.g. threads: 4")
+    if str(spec.device).strip() != "cpu":
+        from ..training.precision import resolve_device
+
+        resolve_device(spec.device, "device")
+
+
 # --------------------------------------------------------------- reading
+def read_yaml_text(path: Path, what: str) -> str:
+    """The UTF-8 text of `path`; a ConfigError naming the file (and the line of a bad byte) otherwise.
+
+    :param what: what the file is, for the message ("config file", "registry file").
+    """
+    try:
+        data = Path(path).read_bytes()
+    except OSError as err:
+        raise ConfigError("", f"cannot read the {what} ({err.strerror or err})",
+                          "check the path and that it is a readable file", source=str(path)) from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        raise ConfigError("", f"the {what} is not UTF-8 text: byte 0x{data[err.start]:02x} cannot be decoded",
+                          "save the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8 OLD > NEW`)",
+                          source=f"{path}:{line}") from None
+
+
 def _load_yaml(text: str, label: str) -> Any:
     try:
         return OmegaConf.to_container(OmegaConf.create(text), resolve=False) if text.strip() else {}
@@ -210,7 +261,7 @@ def _read_file(path: str) -> _Layer:
     if not file.is_file():
         raise ConfigError("", f"config file '{path}' not found", "check the path (it is relative to the "
                               "current directory), e.g. examples/kgsf.yaml")
-    text = file.read_text(encoding="utf-8")
+    text = read_yaml_text(file, "config file")
     values = _load_yaml(text, str(path))
     if not isinstance(values, dict):
         raise ConfigError("", f"the config must be a mapping of keys, got {type(values).__name__}",
@@ -235,10 +286,36 @@ class _RegistryFile:
                                   + (f" at '{self._file}'" if self._file else ""),
                                   f"run from the repository root, pass its path in ${REGISTRY_ENV}, "
                                   f"or write the pipeline out in full instead of `{purpose}:`")
-            self._text = self._file.read_text(encoding="utf-8")
-            values = _load_yaml(self._text, str(self._file))
-            self._values = values if isinstance(values, dict) else {}
+            self._text = read_yaml_text(self._file, "registry file")
+            self._values = self._checked(_load_yaml(self._text, str(self._file)))
         return self._values
+
+    def _checked(self, values: Any) -> dict:
+        """`values` if registry.yaml has the expected shape; a ConfigError at the offending line otherwise."""
+        lines = SourceMap()
+        lines.add_yaml(str(self._file), self._text)
+        if values is None:
+            return {}
+        if not isinstance(values, dict):
+            raise ConfigError("", f"registry file must be a mapping with `corpora:` and `presets:`, got "
+                              f"{_kind_of(values)}", "write `corpora:` and `presets:` as top-level keys",
+                              source=str(self._file))
+        examples = {"presets": "`NAME: {model: ..., stages: ...}`", "corpora": "`NAME: {data: ..., knowledge: ...}`"}
+        for section, example in examples.items():
+            entries = values.get(section)
+            if entries is None:
+                continue
+            if not isinstance(entries, dict):
+                raise locate(ConfigError(section, f"must be a mapping of names to settings, got {_kind_of(entries)}",
+                                         f"write one {example} entry per name under `{section}:`"), lines)
+            for name, entry in entries.items():
+                if not isinstance(name, str):
+                    raise locate(ConfigError(f"{section}.{name}", f"names must be strings, got {name!r}",
+                                             "quote the name"), lines)
+                if entry is not None and not isinstance(entry, dict):
+                    raise locate(ConfigError(f"{section}.{name}", f"must be a mapping of settings, got "
+                                             f"{_kind_of(entry)}", f"write it as {example}"), lines)
+        return values
 
     def preset_layers(self, name: Any, seen: tuple[str, ...] = ()) -> list[_Layer]:
         presets = self._load("preset").get("presets") or {}
@@ -429,6 +506,35 @@ def _is_node_path(parts: list[str]) -> bool:
         (len(parts) == 3 and parts[0] == "stages" and parts[2] == "strategy") or \
         (len(parts) == 3 and parts[0] == "evaluation" and parts[1] in ("protocols", "metrics")) or \
         (len(parts) == 3 and parts[0] == "samples" and parts[1] == "featurizers")
+
+
+_ENV_INTERPOLATION = re.compile(r"(?<!\\)\$\{\s*oc\.env\s*:\s*([^,}]*)")
+
+
+def _refuse_environment(config: Any, sources: SourceMap, path: str = "") -> None:
+    """A ConfigError for the first ``${oc.env:...}`` in `config` (see the module doc for why)."""
+    if isinstance(config, dict):
+        items = config.items()
+    elif isinstance(config, list):
+        items = enumerate(config)
+    else:
+        match = _ENV_INTERPOLATION.search(config) if isinstance(config, str) else None
+        if match:
+            variable = match.group(1).strip().strip("'\"") or "NAME"
+            raise locate(ConfigError(
+                path, f"reads the environment variable {variable} (`${{oc.env:...}}`); a run config (file, preset "
+                "or override) may not read the environment, because the resolved config is saved in config.yaml, report.json and every "
+                "checkpoint (a secret would be copied into each) and a later `crs eval` or --resume would "
+                "read whatever the environment holds then",
+                f"pass the value as an override instead (e.g. `{path or 'key'}=${variable}`, expanded by the shell "
+                "and recorded like any other value), or keep a run file per environment"), sources)
+        return
+    for key, value in items:
+        _refuse_environment(value, sources, join(path, key))
+
+
+def _kind_of(value: Any) -> str:
+    return "a list" if isinstance(value, list) else f"{value!r} ({type(value).__name__})"
 
 
 def _resolve(config: dict, sources: SourceMap) -> dict:

@@ -23,6 +23,7 @@ from typing import Any, Literal, Union
 
 from ..errors import ConfigError, did_you_mean
 
+INT_MIN, INT_MAX = -2**63, 2**63 - 1  # the range of an `int` config value
 _NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 
 
@@ -203,6 +204,9 @@ def _scalar(tp: Any, value: Any, path: str) -> Any:
         raise _wrong(tp, value, path, "write true or false")
     if tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
+            if not INT_MIN <= value <= INT_MAX:  # torch, NumPy and the seeders take 64-bit integers at most
+                raise ConfigError(path, f"{value} does not fit in a 64-bit integer",
+                                  f"use a whole number from {INT_MIN} to {INT_MAX}")
             return value
         raise _wrong(tp, value, path, "write a whole number, e.g. 3")
     if tp is float:
