@@ -47,6 +47,16 @@ def _graph(nodes: list[str], relations: list[str], edges: list[tuple[int, int, i
                           labels={uri: [label] for uri in nodes if (label := uri_label(uri))})
 
 
+def _is_id(value: Any) -> bool:
+    """An integer id as the pickles store them (bool is an int to Python, but never an id)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return f"{text[:57]}... ({type(value).__name__})" if len(text) > 60 else f"{text} ({type(value).__name__})"
+
+
 class KGSFDBpedia(KnowledgeSource):
     """KGSF's DBpedia subgraph (``subkg.pkl`` + ``entity2entityId.pkl``) with KGSF's relation filter.
 
@@ -105,11 +115,20 @@ class KGSFDBpedia(KnowledgeSource):
         if not isinstance(subkg, dict):
             raise DataError(str(path),
                             f"expected a mapping head id -> [(relation, tail), ...], got {type(subkg).__name__}")
+        fix = "use the subkg.pkl released with KGSF: {head entity id: [(relation id, tail entity id), ...]}"
+        for head, pairs in subkg.items():  # checked before sorting: ids of mixed types cannot be sorted
+            if not _is_id(head):
+                raise DataError(str(path), f"head {head!r} is a {type(head).__name__}, not an integer entity id", fix)
+            if not isinstance(pairs, (list, tuple)):
+                raise DataError(str(path), f"head {head}: expected a list of (relation, tail) pairs, got "
+                                           f"{_shown(pairs)}", fix)
+            for pair in pairs:
+                if not (isinstance(pair, (tuple, list)) and len(pair) == 2 and all(_is_id(x) for x in pair)):
+                    raise DataError(str(path), f"head {head}: expected (relation id, tail id) pairs of integers, "
+                                               f"got {_shown(pair)}", fix)
         edges = []
         for head in sorted(subkg):
             for pair in subkg[head]:
-                if not (isinstance(pair, (tuple, list)) and len(pair) == 2):
-                    raise DataError(str(path), f"head {head}: expected (relation, tail) pairs, got {pair!r}")
                 rel, tail = pair
                 if not (0 <= head < n_nodes and 0 <= tail < n_nodes):
                     raise DataError(str(path), f"edge ({head}, {rel}, {tail}) names an entity outside 0..{n_nodes - 1}",
