@@ -9,8 +9,11 @@ every item has a node index.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Iterable
 
 import numpy as np
+
+from .errors import ConfigError, DataError
 
 ENTITY = "entity"  # nodes are items and related entities (DBpedia, demo KG)
 WORD = "word"  # nodes are words (ConceptNet)
@@ -81,6 +84,12 @@ class IndexedGraph:
 
     @classmethod
     def from_graph(cls, name: str, graph: KnowledgeGraph, extra_nodes: list[str] = ()) -> "IndexedGraph":
+        """Index `graph` (pad node first, then its nodes, then `extra_nodes` it lacks).
+
+        :raises DataError: an edge names a node or relation the graph does not have (a knowledge
+            source whose edge file and id files disagree would otherwise index past an embedding table).
+        """
+        check_edges(name, graph)
         nodes = [PAD_NODE, *graph.nodes]
         known = set(nodes)
         nodes += [n for n in dict.fromkeys(extra_nodes) if n not in known]
@@ -95,3 +104,96 @@ class IndexedGraph:
             node_index={n: i for i, n in enumerate(nodes)},
             labels=graph.labels,
         )
+
+
+def check_edges(name: str, graph: KnowledgeGraph) -> None:
+    """A DataError naming graph `name` when an edge's head, tail or relation id is outside the graph."""
+    n_nodes, n_relations = len(graph.nodes), len(graph.relations)
+    if not (len(graph.heads) == len(graph.tails) == len(graph.relation_ids)):
+        raise DataError(f"knowledge graph '{name}'", f"{len(graph.heads)} heads, {len(graph.relation_ids)} relations "
+                                                     f"and {len(graph.tails)} tails: one of each per edge is needed",
+                        "fix the knowledge source that built it")
+    for what, ids, limit in (("head", graph.heads, n_nodes), ("tail", graph.tails, n_nodes),
+                             ("relation", graph.relation_ids, n_relations)):
+        bad = np.flatnonzero((ids < 0) | (ids >= limit)) if len(ids) else ()
+        if len(bad):
+            edge = int(bad[0])
+            raise DataError(f"knowledge graph '{name}'",
+                            f"edge {edge} has {what} id {int(ids[edge])}, but the graph has {limit} "
+                            f"{'relations' if what == 'relation' else 'nodes'} (ids 0..{limit - 1}); "
+                            f"{len(bad)} edge(s) are out of range",
+                            "the edge file and the id files must come from the same release, and the edge "
+                            "columns must be read in the order the file has them (head, relation, tail)")
+
+
+class GraphLookups(dict):
+    """A component's view of the pipeline's graphs that notes which names it looks up (see check_graph_reads)."""
+
+    def __init__(self, graphs: dict[str, IndexedGraph]):
+        super().__init__(graphs)
+        self.names: list[str] = []
+
+    def __getitem__(self, name: str) -> IndexedGraph:
+        self.names.append(name)
+        return super().__getitem__(name)
+
+    def get(self, name: str, default: object = None) -> object:
+        self.names.append(name)
+        return super().get(name, default)
+
+
+#: Output ports whose rows the batch indexes with node ids of the samples' graph of that role.
+NODE_PORTS = {"entity_nodes": ENTITY, "word_nodes": WORD}
+
+
+def check_graph_reads(path: str, read: Iterable[str], outputs: Iterable[str], graphs: dict[str, IndexedGraph],
+                      entity_graph: IndexedGraph, word_graph: IndexedGraph | None,
+                      sources: dict[str, str] | None = None) -> None:
+    """A ConfigError when the model slot at `path` builds node representations the batches would misindex.
+
+    Batches carry node ids of the samples' two graphs only: entity ids of `entity_graph`
+    (``batch.context_entities``, item nodes), which index ``entity_nodes``, and word ids of
+    `word_graph` (``batch.context_words``), which index ``word_nodes``.  So a slot may read
+    only those graphs, and a slot writing ``entity_nodes`` (``word_nodes``) must read the
+    samples' entity (word) graph.  Otherwise its node table is indexed with another graph's
+    ids: out of range (an index error deep inside training) or, worse, silently the wrong
+    nodes.  This happens when a knowledge source yields the other role than intended (a
+    word-graph reader pointed at an entity file, or columns read in another order) or when
+    a component names a graph the samples do not use.
+
+    :param read: names of the graphs the component looked up (:class:`GraphLookups`).
+    :param outputs: the slot's output keys after renames (``entity_nodes``, ...).
+    :param sources: knowledge name -> its `type:`, for the message.
+    """
+    samples_graph = {ENTITY: entity_graph.name, WORD: word_graph.name if word_graph is not None else None}
+    entities = f"'{entity_graph.name}'" if entity_graph.name in graphs else \
+        "the item-only graph, as no knowledge source yields an entity graph"
+    words = f"'{word_graph.name}'" if word_graph is not None else "none"
+    for name in dict.fromkeys(n for n in read if n in graphs):
+        graph = graphs[name]
+        made_by = f" (built by `{(sources or {}).get(name)}`)" if (sources or {}).get(name) else ""
+        problem = ""
+        if name not in samples_graph.values():
+            problem = "which the batches do not index"
+        for port in outputs:
+            role = NODE_PORTS.get(port)
+            if role is not None and samples_graph[role] != name:
+                problem = f"and writes '{port}', which batches index with {role} ids of another graph"
+                break
+        if problem:
+            other = ENTITY if graph.role == WORD else WORD
+            raise ConfigError(
+                path, f"reads knowledge graph '{name}', a {graph.role} graph{made_by}, {problem}: batches carry node "
+                      f"ids of the samples' graphs only (entities: {entities}; words: {words}), so its node table "
+                      "would be indexed with another graph's ids",
+                f"if knowledge.{name} is meant as the {other} graph, check that its `type:` reads {other} graphs "
+                "and reads the file's columns in the order the file has them; otherwise point the slot at the "
+                f"samples' {graph.role} graph, or choose the samples' graphs with samples.entity_graph / "
+                "samples.word_graph")
+
+
+def output_keys(component: object) -> list[str]:
+    """The keys a model component writes, after the `outputs:` renames of its YAML node."""
+    renames = (getattr(component, "port_renames", None) or {}).get("outputs", {})
+    ports = component.output_ports() if hasattr(component, "output_ports") else {}
+    return [renames.get(local, port.key) for local, port in ports.items()]

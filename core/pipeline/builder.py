@@ -14,7 +14,16 @@ from ..data.schema import Corpus
 from ..data.vocab import Vocabulary
 from ..errors import ConfigError
 from ..interfaces import MODEL_KINDS, BuildDeps, ItemIndex
-from ..knowledge import ENTITY, WORD, IndexedGraph, ItemTexts, KnowledgeGraph
+from ..knowledge import (
+    ENTITY,
+    WORD,
+    GraphLookups,
+    IndexedGraph,
+    ItemTexts,
+    KnowledgeGraph,
+    check_graph_reads,
+    output_keys,
+)
 from ..shared import build_shared
 from .model import PipelineModel
 from .wiring import wire
@@ -166,7 +175,11 @@ def build_pipeline(spec: PipelineSpec, registry: Any, resolved: dict) -> Pipelin
     for name, node in spec.model.items():
         deps = _model_deps(f"model.{name}", vocab, items, graphs, item_texts, users)
         deps.shared = shared
+        deps.graphs = looked_up = GraphLookups(graphs)
         component = registry.build(MODEL_KINDS, node, f"model.{name}", deps)
+        # node tables are indexed with the samples' entity/word ids: a slot over any other graph would misindex
+        check_graph_reads(f"model.{name}", looked_up.names, output_keys(component), graphs, entity_graph,
+                          word_graph, {k: str(v.get("type")) for k, v in spec.knowledge.items()})
         slots[name] = component
         renames[name] = getattr(component, "port_renames", {})
     model = PipelineModel(slots, wire(slots, renames, batch_keys(extra_fields)), shared).to(spec.device)
