@@ -217,9 +217,17 @@ def _data(args: argparse.Namespace) -> int:
         paths = run_download(args.name, dest, base_url=args.mirror)
         print(f"{args.name}: {len(paths)} files in {dest}")
         return 0
+    from .data.download import writable_folder
+    from .errors import DataError
     from .plugins.demo.export import write_demo_corpus
 
-    for kind, path in write_demo_corpus(args.out, seed=args.seed).items():
+    out = writable_folder(args.out, "--out")  # a path under a file or on a read-only disk: an error, not a traceback
+    try:
+        written = write_demo_corpus(out, seed=args.seed)
+    except OSError as err:  # e.g. the disk filled up while writing
+        raise DataError(str(err.filename or out), f"cannot write the demo corpus ({err.strerror or err})",
+                        "free disk space, or choose another folder with --out") from None
+    for kind, path in written.items():
         print(f"{kind:>10}: {path}")
     return 0
 

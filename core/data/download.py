@@ -26,7 +26,9 @@ import http.client
 import os
 import socket
 import sys
+import tempfile
 import urllib.error
+import urllib.parse
 import urllib.request
 import zipfile
 from dataclasses import dataclass, field
@@ -36,6 +38,7 @@ from typing import Iterable, TextIO
 from ..errors import ConfigError, DataError
 
 CHUNK = 1 << 20
+MIRROR_SCHEMES = ("http", "https", "file")
 USER_AGENT = "crs-registry-download/1"
 
 
@@ -191,7 +194,8 @@ def _fetch_into(url: str, part: Path, entry: RemoteFile, progress: _Progress, ti
 
 
 def download_file(entry: RemoteFile, dest: Path, *, base_url: str | None = None, retries: int = 3,
-                  timeout: float = 60.0, stream: TextIO | None = sys.stderr, allow_unverified: bool = False) -> Path | None:
+                  timeout: float = 60.0, stream: TextIO | None = sys.stderr,
+                  allow_unverified: bool = False) -> Path | None:
     """Fetch one manifest entry into ``dest/entry.target``; return the path, or None when skipped.
 
     `base_url` replaces the entry's address by ``<base_url>/<target>`` (mirrors, tests).
@@ -214,7 +218,8 @@ def download_file(entry: RemoteFile, dest: Path, *, base_url: str | None = None,
         try:
             _fetch_into(url, part, entry, progress, timeout)
             break
-        except (http.client.IncompleteRead, urllib.error.URLError, ConnectionError, socket.timeout, TimeoutError) as err:
+        except (http.client.IncompleteRead, urllib.error.URLError, ConnectionError, socket.timeout,
+                TimeoutError) as err:
             if attempt == retries:
                 raise DataError(url, f"download failed after {retries + 1} attempts ({err})",
                                 f"run the command again: it resumes from {part}") from None
@@ -257,15 +262,51 @@ def _extract(entry: RemoteFile, archive: Path, dest: Path) -> None:
 
 
 def download_files(entries: Iterable[RemoteFile], dest: Path | str, **options) -> list[Path]:
-    """Fetch every entry (see :func:`download_file` for `options`); return the files written."""
-    dest = Path(dest)
-    dest.mkdir(parents=True, exist_ok=True)
+    """Fetch every entry (see :func:`download_file` for `options`); return the files written.
+
+    A destination that cannot be created or written to (a path under a file, a read-only
+    or full disk) is a DataError naming the file, not a traceback.
+    """
+    dest = writable_folder(dest, "--dest")
     written = []
     for entry in entries:
-        path = download_file(entry, dest, **options)
+        try:
+            path = download_file(entry, dest, **options)
+        except (urllib.error.URLError, ConnectionError, socket.timeout):
+            raise  # network errors are handled (and retried) inside download_file; these are not local writes
+        except OSError as err:
+            where = err.filename or dest / entry.target
+            raise DataError(str(where), f"cannot write the download ({err.strerror or err})",
+                            "free disk space, or choose a writable folder with --dest; the command resumes "
+                            "from the files already fetched") from None
         if path is not None:
             written.append(path)
     return written
+
+
+def writable_folder(path: Path | str, option: str) -> Path:
+    """`path` as a folder that exists (created with its parents) and takes new files; a ConfigError otherwise.
+
+    Shared by ``crs data download --dest`` and ``crs data demo --out``.  Writing is tried
+    (a temporary file, removed at once) rather than judged from permission bits, which do
+    not bind root and say nothing about read-only mounts.
+
+    :param option: the command-line option that named the folder, for the message.
+    """
+    folder = Path(path)
+    blocker = next((p for p in [folder, *folder.parents] if p.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        raise ConfigError("", f"cannot create the folder '{folder}': '{blocker}' is a file, not a folder",
+                          "choose another folder", source=option)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        handle, probe = tempfile.mkstemp(prefix=".crs-write-check.", dir=folder)
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as err:
+        raise ConfigError("", f"cannot write into the folder '{folder}' ({err.strerror or err})",
+                          "choose a folder you can write to", source=option) from None
+    return folder
 
 
 def download(corpus_name: str, dest_dir: Path | str, **options) -> list[Path]:
@@ -282,4 +323,7 @@ def run_download(name: str, dest: Path | str, *, base_url: str | None = None, **
     Extra keyword options (``retries``, ``timeout``, ``stream``, ``allow_unverified``)
     pass through to :func:`download_file`.
     """
+    if base_url is not None and urllib.parse.urlsplit(base_url).scheme not in MIRROR_SCHEMES:
+        raise ConfigError("", f"'{base_url}' is not a mirror address", "give the mirror's base URL, e.g. "
+                          "--mirror https://example.org/crs-data (http, https or file)", source="--mirror")
     return download(name, dest, base_url=base_url, **options)
