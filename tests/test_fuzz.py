@@ -134,11 +134,12 @@ _TOKENS = [":", "- ", "{", "}", "[", "]", ",", "'", '"', "#", "&a", "*a", "<<: *
 _KEYS = ["seed", "threads", "device", "name", "run_dir", "data", "data.type", "model.recommender",
          "model.recommender.type", "stages", "stages.0", "stages.0.epochs", "stages.0.optimizer.lr", "stages.5.epochs",
          "samples.context_turns", "evaluation.metrics", "evaluation.metrics.1", "knowledge", "preset", "~data",
-         "~stages.0", "~nothing", "model", "linker", "shared.x", "a..b", "0", "stages.x", "model.recommender.dim"]
+         "~stages.0", "~nothing", "model", "linker", "shared.x", "a..b", "0", "stages.x", "model.recommender.dim",
+         "model.deep." + "a." * 800 + "b"]
 _VALUES = ["1", "-1", "0", "1e20", "99999999999999999999999", "null", "true", "[]", "{}", "[1, 2", "{a: }", "x",
            "cuda", "cuda:7", "foo", "${name}", "${oc.env:HOME}", "${nope}", "'${name}'", "popularity", "demo",
            "{type: popularity}", "[{type: recall}]", ".nan", "é", "'", "\\", "=", "a=b", "!!python/name:os.system",
-           "${oc.decode:'{a: 1}'}", "${oc.create:{}}"]
+           "${oc.decode:'{a: 1}'}", "${oc.create:{}}", "[" * 120 + "]" * 120, "{a: " * 60 + "1" + "}" * 60]
 
 
 def _mutate_config(rng: random.Random, text: str) -> tuple[str, str]:

@@ -85,6 +85,17 @@ def test_cuda_device_without_a_gpu(tmp_path, capsys):
     assert not run_dir.exists()
 
 
+def test_config_nested_too_deeply(tmp_path, capsys):
+    """OmegaConf recurses about ten frames per level: 100 nested lists used to end in RecursionError."""
+    deep = "[" * 100 + "]" * 100
+    path = _run_file(tmp_path, f"preset: popularity\ndata: demo\nseed: {deep}\n")
+    _fails(capsys, ["run", str(path), "--print-config"], str(path), "nests lists or mappings too deeply")
+    _fails(capsys, ["run", "preset=popularity", "data=demo", f"seed={deep}", "--print-config"],
+           "nests lists or mappings too deeply")
+    _fails(capsys, ["run", "preset=popularity", "data=demo", "model.x." + "a." * 1000 + "b=1", "--print-config"],
+           "nests lists or mappings too deeply")
+
+
 @pytest.mark.parametrize("registry, fragments", [
     ("presets:\n  - popularity\n  - kgsf\n", ["registry.yaml:1", "'presets'", "must be a mapping", "got a list"]),
     ("corpora: {}\npresets:\n  popularity: [1, 2]\n", ["registry.yaml:3", "'presets.popularity'", "got a list"]),

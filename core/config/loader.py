@@ -82,6 +82,14 @@ def load_config(path: str | None, overrides: list[str] | tuple[str, ...] = (), *
     :returns: the validated spec and the resolved config as a plain dict (all fields).
     :raises ConfigError: any problem, naming the YAML path and where the value came from.
     """
+    try:
+        return _load_config(path, overrides, registry_path, registry)
+    except RecursionError:  # e.g. an override with a dotted key of a thousand parts
+        raise _too_deep(path or "command line") from None
+
+
+def _load_config(path: str | None, overrides: list[str] | tuple[str, ...], registry_path: Any,
+                 registry: Any) -> tuple[PipelineSpec, dict]:
     sources = SourceMap()
     file_layer = _read_file(path) if path else _Layer("(no config file)", {})
     ops = [_parse_override(text) for text in overrides]
@@ -254,6 +262,18 @@ def _load_yaml(text: str, label: str) -> Any:
     except OmegaConfBaseException as err:
         raise ConfigError("", f"cannot read YAML: {' '.join(str(err).split())}",
                           "fix the YAML at the reported key", source=label) from err
+    except RecursionError:  # OmegaConf recurses ~10 frames per level: [[[...]]] 100 deep exhausts Python's stack
+        raise _too_deep(label) from None
+
+
+def _too_deep(where: str) -> ConfigError:
+    return ConfigError("", "the config nests lists or mappings too deeply to be read",
+                       "flatten it: no config needs more than a few levels", source=where)
+
+
+def _clip(text: str, limit: int = 120) -> str:
+    """`text` cut to `limit` characters for a message (an override can be arbitrarily long)."""
+    return text if len(text) <= limit else f"{text[:limit - 3]}..."
 
 
 def _read_file(path: str) -> _Layer:
@@ -445,8 +465,10 @@ def _parse_override(text: str) -> tuple[str, Any, str]:
         value = OmegaConf.to_container(OmegaConf.from_dotlist([f"value={raw}"]), resolve=False)["value"]
     except (OmegaConfBaseException, yaml.YAMLError, ValueError) as err:
         problem = getattr(err, "problem", None) or str(err)  # YAML errors: drop the "<unicode string>" noise
-        raise ConfigError(key, f"malformed override '{text}': {' '.join(str(problem).split())}", fix,
+        raise ConfigError(key, f"malformed override '{_clip(text)}': {_clip(' '.join(str(problem).split()))}", fix,
                           source="command line") from err
+    except RecursionError:
+        raise _too_deep(f"override '{_clip(text)}'") from None
     return key, value, text
 
 
@@ -523,9 +545,9 @@ def _refuse_environment(config: Any, sources: SourceMap, path: str = "") -> None
             variable = match.group(1).strip().strip("'\"") or "NAME"
             raise locate(ConfigError(
                 path, f"reads the environment variable {variable} (`${{oc.env:...}}`); a run config (file, preset "
-                "or override) may not read the environment, because the resolved config is saved in config.yaml, report.json and every "
-                "checkpoint (a secret would be copied into each) and a later `crs eval` or --resume would "
-                "read whatever the environment holds then",
+                "or override) may not read the environment, because the resolved config is saved in config.yaml, "
+                "report.json and every checkpoint (a secret would be copied into each) and a later `crs eval` or "
+                "--resume would read whatever the environment holds then",
                 f"pass the value as an override instead (e.g. `{path or 'key'}=${variable}`, expanded by the shell "
                 "and recorded like any other value), or keep a run file per environment"), sources)
         return
