@@ -184,9 +184,6 @@ def _components_with_key(key: str, module_name: str) -> list[str]:
 
 
 CHOICE_CHECK = re.compile(r"check_choice\(\s*config\.([\w.]+)\s*,")
-# Plugins whose checked keys are still `str`: the datasets plugin is being reworked in parallel (its keys
-# move to Literal annotations once that lands); every other built-in plugin is held to the rule.
-NOT_YET_LITERAL = {"crs.plugins.datasets"}
 
 
 def test_every_builtin_choice_check_is_a_literal_shown_by_crs_components():
@@ -198,7 +195,7 @@ def test_every_builtin_choice_check_is_a_literal_shown_by_crs_components():
     checked, missing = 0, []
     for name in registry.names():
         info = registry.get(name)
-        if info.plugin not in crs.plugin_manager.DEFAULT_PLUGINS or info.plugin in NOT_YET_LITERAL:
+        if info.plugin not in crs.plugin_manager.DEFAULT_PLUGINS:
             continue
         source = Path(sys.modules[info.cls.__module__].__file__).read_text(encoding="utf-8")
         keys = {k.key: k for k in config_keys(info.cls.Config)}
@@ -208,15 +205,20 @@ def test_every_builtin_choice_check_is_a_literal_shown_by_crs_components():
                 if not keys[key].choices:
                     missing.append(f"{name}.{key}")
     assert not missing, f"validated with check_choice but not annotated as a Literal: {', '.join(missing)}"
-    assert checked >= 4  # bias_init, split.order, split.single, split.unit
+    assert checked >= 10  # bias_init, split.order/single/unit, item_set, format, role, last_speaker, ...
 
 
 def test_builtin_choice_tuples_match_their_literals():
-    from crs.data import tasks
+    from crs.data import readers, tasks
+    from crs.data.schema import ROLES
+    from crs.plugins.datasets import generic_jsonl, graph_files
     from crs.plugins.kgsf import graph_common, recommender, rgcn
     from crs.plugins.metrics import protocols
 
     assert tuple(graph_common.ACTIVATIONS) == typing.get_args(graph_common.Activation)
+    assert graph_files._ROLES == typing.get_args(graph_files.GraphRole)
+    assert readers.ON_ERROR_CHOICES == ("raise", "skip")
+    assert typing.get_args(generic_jsonl.Speaker) == ROLES
     assert recommender.BIAS_INITS == ("zero", "popularity") and rgcn.AGGREGATIONS == ("mean", "sum")
     assert tasks.UNITS == ("user", "conversation") and protocols.CANDIDATE_SETS == ("all",)
 

@@ -13,14 +13,16 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, TextIO, TypeVar
+from typing import Any, Callable, Iterator, Literal, TextIO, TypeVar
 
 from ..errors import DataError, check_choice
 
 T = TypeVar("T")
-ON_ERROR_CHOICES = ("raise", "skip")
+OnError = Literal["raise", "skip"]  # the annotation of every `on_error` config key
+ON_ERROR_CHOICES = typing.get_args(OnError)
 _GZIP_MAGIC = b"\x1f\x8b"
 _MAX_LOGGED = 20  # skipped lines quoted in the report; the count is always complete
 

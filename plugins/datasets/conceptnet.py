@@ -13,7 +13,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from crs.data.readers import RecordError, SkipLog, check_on_error, parse_lines, read_json
+from crs.data.readers import OnError, RecordError, SkipLog, check_on_error, parse_lines, read_json
 from crs.errors import DataError
 from crs.interfaces import BuildDeps, KnowledgeSource
 from crs.knowledge import WORD, KnowledgeGraph
@@ -35,7 +35,7 @@ class ConceptNetEdges(KnowledgeSource):
         vocabulary: Optional[str] = None  # key2index json (word -> index) restricting the nodes
         relations: Optional[list[str]] = None  # keep only these relations; None = all
         min_degree: int = 0  # drop words with fewer edges (after the filters); 0 keeps isolated vocabulary words
-        on_error: str = "raise"  # raise | skip (lines without three tab-separated fields)
+        on_error: OnError = "raise"  # skip: drop lines without three tab-separated fields
 
     def __init__(self, config: Any, deps: BuildDeps):
         super().__init__(config, deps)

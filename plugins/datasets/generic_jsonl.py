@@ -41,19 +41,22 @@ an item to the entity-graph node of the same name (case and underscores ignored;
 """
 from __future__ import annotations
 
+import typing
 from dataclasses import dataclass, field
 from dataclasses import fields as dataclass_fields
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
-from crs.data.readers import RecordError, SkipLog, check_on_error, expect, expect_text, iter_jsonl
+from crs.data.readers import OnError, RecordError, SkipLog, check_on_error, expect, expect_text, iter_jsonl
 from crs.data.schema import RECOMMENDER, ROLES, Conversation, Corpus, Item, Mention, Turn
 from crs.errors import ConfigError, DataError, check_choice
 from crs.interfaces import BuildDeps, Dataset
 
 from .common import data_file, resolve_root
-from .sample_lines import POOLED_MENTIONS, SampleLine, assemble
+from .sample_lines import POOLED_MENTIONS, PooledMentions, SampleLine, assemble
 
-FORMATS = ("conversation_per_line", "turn_per_line", "sample_per_line")
+Format = Literal["conversation_per_line", "turn_per_line", "sample_per_line"]
+FORMATS = typing.get_args(Format)
+Speaker = Literal["seeker", "recommender"]  # crs.data.schema.ROLES (a test checks they agree)
 _MISSING = object()
 # optional fields per format (a mapping that matches no record of a file is reported as misspelt)
 _OPTIONAL = {
@@ -124,15 +127,15 @@ class JsonlDataset(Dataset):
         test: str
         valid: Optional[str] = None
         root: str = "."  # relative train/valid/test/items names are read from here
-        format: str = "conversation_per_line"  # conversation_per_line | turn_per_line | sample_per_line
+        format: Format = "conversation_per_line"  # what one line of the files holds
         fields: FieldMap = field(default_factory=FieldMap)
         roles: dict[str, str] = field(default_factory=lambda: {"seeker": "seeker", "recommender": "recommender"})
         items: Optional[str] = None  # jsonl with one item per line (optional; without it items link by name)
         item_fields: ItemFileFields = field(default_factory=ItemFileFields)
-        last_speaker: str = "seeker"  # sample_per_line: speaker of the last history string (seeker | recommender)
-        pooled_mentions: str = "first_mention"  # sample_per_line: first_mention | last_turn (kept pooled)
+        last_speaker: Speaker = "seeker"  # sample_per_line: speaker of the last history string
+        pooled_mentions: PooledMentions = "first_mention"  # sample_per_line: last_turn keeps them pooled
         group_samples: bool = True  # sample_per_line: lines continuing one dialogue become one conversation
-        on_error: str = "raise"  # raise | skip
+        on_error: OnError = "raise"  # skip: drop malformed lines (counted in the report)
         max_conversations: int = 0  # per split; 0 = all
         name: str = "jsonl"  # corpus name in reports
 

@@ -21,11 +21,21 @@ phrase linker are :func:`~crs.labels.uri_label` of each name (entity graphs) or
 from __future__ import annotations
 
 import json
+import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Literal, Optional, Union
 
-from crs.data.readers import RecordError, SkipLog, check_on_error, expect_text, json_type, parse_lines, read_json
+from crs.data.readers import (
+    OnError,
+    RecordError,
+    SkipLog,
+    check_on_error,
+    expect_text,
+    json_type,
+    parse_lines,
+    read_json,
+)
 from crs.errors import ConfigError, DataError, check_choice
 from crs.interfaces import BuildDeps, KnowledgeSource
 from crs.knowledge import ENTITY, WORD, KnowledgeGraph
@@ -34,7 +44,9 @@ from .common import config_file, data_file, resolve_root
 from .dbpedia import SELF_LOOP, nodes_by_id
 from .labels import uri_label, word_label
 
-TRIPLE_FORMATS = ("auto", "tsv", "jsonl")
+TripleFormat = Literal["auto", "tsv", "jsonl"]
+TRIPLE_FORMATS = typing.get_args(TripleFormat)
+GraphRole = Literal["entity", "word"]  # crs.knowledge.ENTITY, WORD (a test checks they agree)
 _ROLES = (ENTITY, WORD)
 _PARTS = ("head", "relation", "tail")
 
@@ -130,14 +142,14 @@ class TripleFile(KnowledgeSource):
     @dataclass
     class Config:
         path: str  # the triple file (.gz ok)
-        format: str = "auto"  # tsv | jsonl | auto (jsonl for *.jsonl / *.json, tsv otherwise)
+        format: TripleFormat = "auto"  # auto (jsonl for *.jsonl / *.json, tsv otherwise)
         head: Optional[Union[int, str]] = None  # JSONL key / TSV column (position or header name); None: "head" / 0
         relation: Optional[Union[int, str]] = None  # None: "relation" / 1
         tail: Optional[Union[int, str]] = None  # None: "tail" / 2
         header: bool = False  # TSV: the first line names the columns
         delimiter: str = "\t"  # TSV column separator
-        role: str = "entity"  # entity (items and related entities) | word (a word graph)
-        on_error: str = "raise"  # raise | skip (malformed lines)
+        role: GraphRole = "entity"  # entity: items and related entities; word: a word graph
+        on_error: OnError = "raise"  # skip: drop malformed lines (counted in the report)
 
     def __init__(self, config: Any, deps: BuildDeps):
         super().__init__(config, deps)

@@ -29,7 +29,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from crs.data.readers import RecordError, SkipLog, check_on_error, expect, expect_text, iter_jsonl, open_text, read_json
+from crs.data.readers import (
+    OnError,
+    RecordError,
+    SkipLog,
+    check_on_error,
+    expect,
+    expect_text,
+    iter_jsonl,
+    open_text,
+    read_json,
+)
 from crs.data.safe_pickle import load_plain_pickle
 from crs.data.schema import RECOMMENDER, SEEKER, Conversation, Corpus, Item, Mention, Turn
 from crs.errors import DataError
@@ -60,7 +70,7 @@ class RedialDataset(Dataset):
         movie_linking: Optional[str] = "kgsf/id2entity.pkl"  # movieId -> DBpedia URI | None (pickle)
         movies_csv: Optional[str] = "raw/movies_with_mentions.csv"  # movieId,movieName,nbMentions
         metadata: Optional[str] = "ievalm_metadata_kg/id2info.json.gz"  # movieId -> {name, genre, plot, ...}
-        on_error: str = "raise"  # raise | skip (malformed lines)
+        on_error: OnError = "raise"  # skip: drop malformed lines (counted in the report)
         max_conversations: int = 0  # per split; 0 = all
 
     def __init__(self, config: Any, deps: BuildDeps):

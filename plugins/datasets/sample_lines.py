@@ -37,14 +37,16 @@ recommended items and the reply.  This module turns such lines back into :class:
 from __future__ import annotations
 
 import re
+import typing
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 from crs.data.schema import RECOMMENDER, SEEKER, Conversation, Mention, Turn
 from crs.labels import uri_label
 
-POOLED_MENTIONS = ("first_mention", "last_turn")
+PooledMentions = Literal["first_mention", "last_turn"]
+POOLED_MENTIONS = typing.get_args(PooledMentions)
 _LETTER = re.compile(r"[^\W\d_]")
 
 

@@ -22,10 +22,11 @@ Conventions:
 """
 from __future__ import annotations
 
+import typing
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
-from crs.data.readers import RecordError, SkipLog, check_on_error, expect, expect_text, iter_jsonl
+from crs.data.readers import OnError, RecordError, SkipLog, check_on_error, expect, expect_text, iter_jsonl
 from crs.data.schema import RECOMMENDER, SEEKER, Conversation, Corpus, Item, Mention, Turn
 from crs.errors import check_choice
 from crs.interfaces import BuildDeps, Dataset
@@ -34,7 +35,8 @@ from .common import data_file, resolve_root
 
 _ROLES = {"SEEKER": SEEKER, "RECOMMENDER": RECOMMENDER}
 _LIST_FIELDS = ("movie_link", "movie_name", "entity_link", "entity_name")
-ITEM_SETS = ("recommended", "mentioned")
+ItemSet = Literal["recommended", "mentioned"]
+ITEM_SETS = typing.get_args(ItemSet)
 
 
 @dataclass
@@ -54,8 +56,8 @@ class UniCRSJsonlDataset(Dataset):
         train: str = "train_data_dbpedia.jsonl.gz"
         valid: Optional[str] = "valid_data_dbpedia.jsonl.gz"
         test: str = "test_data_dbpedia.jsonl.gz"
-        item_set: str = "recommended"  # recommended | mentioned (see the module docstring)
-        on_error: str = "raise"  # raise | skip (malformed lines)
+        item_set: ItemSet = "recommended"  # which movies are items (see the module docstring)
+        on_error: OnError = "raise"  # skip: drop malformed lines (counted in the report)
         max_conversations: int = 0  # per split; 0 = all
         name: str = "inspired"  # corpus name in reports
 
