@@ -116,6 +116,7 @@ def _build_featurizers(spec: PipelineSpec, registry: Any, vocab: Vocabulary, ite
 def build_pipeline(spec: PipelineSpec, registry: Any, resolved: dict) -> Pipeline:
     from ..data import build as sample_build
     from ..data import prepare
+    from ..data.item_links import link_items
     from ..training.precision import resolve_device
 
     resolve_device(spec.device)  # before any data loads: a GPU that is not there is a config error, not a traceback
@@ -137,6 +138,8 @@ def build_pipeline(spec: PipelineSpec, registry: Any, resolved: dict) -> Pipelin
         (raw_graphs if isinstance(loaded, KnowledgeGraph) else item_texts)[name] = loaded
     entity_name = _pick_graph(raw_graphs, ENTITY, spec.samples.entity_graph, "entity_graph")
     word_name = _pick_graph(raw_graphs, WORD, spec.samples.word_graph, "word_graph")
+    # items named like graph nodes get linked (when the corpus asks); the report counts the unlinked ones
+    corpus = link_items(corpus, raw_graphs[entity_name] if entity_name else None)
     item_nodes = prepare.item_entity_names(corpus)
     graphs = {
         name: IndexedGraph.from_graph(name, g, extra_nodes=item_nodes if name == entity_name else ())

@@ -1,4 +1,7 @@
-"""DBpedia entity graphs: KGSF's ReDial subgraph (`kgsf_dbpedia`) and UniCRS's INSPIRED one (`unicrs_dbpedia`).
+"""DBpedia entity graphs: KGSF's ReDial subgraph (`kgsf_dbpedia`).
+
+UniCRS's INSPIRED graph (`unicrs_dbpedia`) is read by the generic `kg_json` reader
+(:mod:`crs.plugins.datasets.graph_files`), whose layout is not DBpedia-specific.
 
 Node names are the URIs exactly as the id files spell them (``<http://dbpedia.org/
 resource/Tom_Hanks>``), so a dataset's ``Item.entity`` matches a node by name.
@@ -15,7 +18,6 @@ from typing import Any, Optional
 
 import numpy as np
 
-from crs.data.readers import read_json
 from crs.data.safe_pickle import load_plain_pickle
 from crs.errors import DataError
 from crs.interfaces import KnowledgeSource
@@ -145,47 +147,3 @@ class KGSFDBpedia(KnowledgeSource):
             raise DataError(str(path), f"expected a list of entity ids within 0..{n_nodes - 1}",
                             "the movie ids and entity2id files must come from the same release")
 
-
-class UniCRSDBpedia(KnowledgeSource):
-    """UniCRS's DBpedia subgraph (``dbpedia_subkg.json``, ``entity2id.json``, ``relation2id.json``).
-
-    Edges are read as stored.  The release includes an explicit ``self_loop``
-    relation (one edge per head); UniCRS's R-GCN uses it, so it is kept by default
-    (``self_loops: false`` drops it and its edges).
-    """
-
-    @dataclass
-    class Config:
-        root: str = "../shared/data/inspired/unicrs_dbpedia"
-        kg: str = "dbpedia_subkg.json"  # head id (string) -> [[relation id, tail id], ...]
-        entity2id: str = "entity2id.json"
-        relation2id: str = "relation2id.json"
-        self_loops: bool = True
-
-    def load(self, corpus: Any = None) -> KnowledgeGraph:
-        cfg, root = self.config, resolve_root(self.config.root)
-        ids_path = data_file(root, cfg.entity2id, f"{self.path}.entity2id")
-        nodes = nodes_by_id(read_json(ids_path), ids_path)
-        rel_path = data_file(root, cfg.relation2id, f"{self.path}.relation2id")
-        relations = nodes_by_id(read_json(rel_path), rel_path)
-        kg_path = data_file(root, cfg.kg, f"{self.path}.kg")
-        kg = read_json(kg_path)
-        if not isinstance(kg, dict):
-            raise DataError(str(kg_path), "expected a JSON object head id -> [[relation, tail], ...]")
-        edges = []
-        for head_key, pairs in kg.items():
-            try:
-                head = int(head_key)
-                for rel, tail in pairs:
-                    edges.append((head, int(rel), int(tail)))
-            except (TypeError, ValueError):
-                raise DataError(str(kg_path), f"head '{head_key}': expected [[relation id, tail id], ...]") from None
-        for head, rel, tail in edges:
-            if not (0 <= head < len(nodes) and 0 <= tail < len(nodes) and 0 <= rel < len(relations)):
-                raise DataError(str(kg_path), f"edge ({head}, {rel}, {tail}) is out of the id ranges",
-                                "the graph and id files must come from the same release")
-        if not cfg.self_loops and SELF_LOOP in relations:
-            dropped = relations.index(SELF_LOOP)
-            edges = [(h, r - (r > dropped), t) for h, r, t in edges if r != dropped]
-            relations = [r for r in relations if r != SELF_LOOP]
-        return _graph(nodes, relations, edges)
