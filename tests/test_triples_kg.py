@@ -139,3 +139,16 @@ def test_kg_json_mistakes(registry, tmp_path, kg, problem):
     with pytest.raises(DataError) as err:
         _load(registry, type="kg_json", root=str(folder))
     assert problem in str(err.value) and "\n  fix: " in str(err.value)
+
+
+@pytest.mark.parametrize("entity2id, problem", [
+    ({"a": 0, "b": True}, "'b' has id True"),  # a boolean is no id (it used to become id 1)
+    ({"a": 0, "b": 0}, "'b' has id 0"),
+    (["a", "b"], "expected a mapping URI -> id, got list"),
+])
+def test_kg_json_id_file_mistakes(registry, tmp_path, entity2id, problem):
+    folder = _write_kg_json(tmp_path / "g")
+    (folder / "entity2id.json").write_text(json.dumps(entity2id))
+    with pytest.raises(DataError) as err:
+        _load(registry, type="kg_json", root=str(folder))
+    assert problem in str(err.value) and "entity2id.json" in str(err.value) and "\n  fix: " in str(err.value)

@@ -31,11 +31,12 @@ SELF_LOOP = "self_loop"
 
 def nodes_by_id(entity2id: Any, path: Path) -> list[str]:
     """URIs ordered by their id; the ids must be exactly 0..N-1."""
+    fix = "use the id file released with the graph: {name: id, ...} with the ids 0..N-1"
     if not isinstance(entity2id, dict):
-        raise DataError(str(path), f"expected a mapping URI -> id, got {type(entity2id).__name__}")
+        raise DataError(str(path), f"expected a mapping URI -> id, got {type(entity2id).__name__}", fix)
     nodes = [""] * len(entity2id)
     for uri, ident in entity2id.items():
-        if not isinstance(ident, int) or not 0 <= ident < len(nodes) or nodes[ident]:
+        if not _is_id(ident) or not 0 <= ident < len(nodes) or nodes[ident]:
             raise DataError(str(path), f"entity ids must be the distinct integers 0..{len(nodes) - 1}; "
                                        f"'{uri}' has id {ident!r}", "use the id file released with the graph")
         nodes[ident] = str(uri)
@@ -114,10 +115,10 @@ class KGSFDBpedia(KnowledgeSource):
         return _graph(nodes, names, edges)
 
     def _stored_edges(self, subkg: Any, n_nodes: int, path: Path) -> list[tuple[int, int, int]]:
+        fix = "use the subkg.pkl released with KGSF: {head entity id: [(relation id, tail entity id), ...]}"
         if not isinstance(subkg, dict):
             raise DataError(str(path),
-                            f"expected a mapping head id -> [(relation, tail), ...], got {type(subkg).__name__}")
-        fix = "use the subkg.pkl released with KGSF: {head entity id: [(relation id, tail entity id), ...]}"
+                            f"expected a mapping head id -> [(relation, tail), ...], got {type(subkg).__name__}", fix)
         for head, pairs in subkg.items():  # checked before sorting: ids of mixed types cannot be sorted
             if not _is_id(head):
                 raise DataError(str(path), f"head {head!r} is a {type(head).__name__}, not an integer entity id", fix)
