@@ -246,7 +246,7 @@ def _configure_compare(parser: argparse.ArgumentParser) -> None:
 
 def _compare(args: argparse.Namespace) -> int:
     from .errors import ConfigError
-    from .evaluation.significance import METRICS, compare_runs, format_comparisons
+    from .evaluation.significance import METRICS, compare_runs, format_comparisons, format_matching
 
     metrics = args.metrics or ["recall@1", "recall@10", "recall@50"]
     for metric in metrics:
@@ -256,10 +256,15 @@ def _compare(args: argparse.Namespace) -> int:
                               f"write NAME@K with NAME one of {', '.join(METRICS)}, e.g. recall@10")
     if args.resamples < 100:
         raise ConfigError("--resamples", f"{args.resamples} resamples give no usable interval", "use 1000 or more")
+    matchings: list = []
     rows = compare_runs(args.run_a, args.run_b, metrics=metrics, protocols=args.protocols,
-                        resamples=args.resamples, seed=args.seed)
+                        resamples=args.resamples, seed=args.seed, matchings=matchings)
     print(format_comparisons(rows, args.run_a, args.run_b))
-    print(f"paired bootstrap over shared samples, {args.resamples} resamples; p is two-sided")
+    matched, warnings = format_matching(matchings, args.run_a, args.run_b)
+    print("\n".join(matched))
+    print(f"paired bootstrap over the matched samples, {args.resamples} resamples; p is two-sided")
+    for warning in warnings:  # unmatched samples: the two runs may not share a test set
+        print(warning, file=sys.stderr)
     return 0
 
 
