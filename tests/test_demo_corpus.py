@@ -17,8 +17,15 @@ from crs.interfaces import BuildDeps
 from crs.knowledge import ENTITY, WORD, IndexedGraph
 from crs.plugins.demo import lexicon as lx
 from crs.plugins.demo.components import DemoDataset
-from crs.plugins.demo.corpus import (DemoConfig, _corpus, demo_concept_graph, demo_corpus, demo_entity_graph,
-                                     demo_metadata, demo_reviews)
+from crs.plugins.demo.corpus import (
+    DemoConfig,
+    _corpus,
+    demo_concept_graph,
+    demo_corpus,
+    demo_entity_graph,
+    demo_metadata,
+    demo_reviews,
+)
 from crs.plugins.demo.export import conversation_record, write_demo_corpus
 
 SMALL = DemoConfig(seed=7, n_items=120, n_people=60, n_users=40, n_train=200, n_valid=30, n_test=30)

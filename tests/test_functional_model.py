@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from adapt_toys import ToyGen, make_model, make_pipeline, user_samples
 
 from crs.errors import ConfigError, WiringError
 from crs.evaluation import evaluate
@@ -10,8 +11,6 @@ from crs.interfaces import Port
 from crs.pipeline.model import PipelineModel
 from crs.pipeline.wiring import wire
 from crs.training import meta
-
-from adapt_toys import ToyGen, make_model, make_pipeline, user_samples
 
 
 def batches(deps, size=3):

@@ -5,6 +5,7 @@ from typing import Any
 
 import pytest
 import torch
+from adapt_toys import make_pipeline, user_samples
 from torch import nn
 
 from crs.evaluation import evaluate
@@ -12,8 +13,6 @@ from crs.interfaces import BuildDeps, Component, Port, Recommender
 from crs.pipeline.model import PipelineModel
 from crs.pipeline.wiring import wire
 from crs.testing import make_tiny_deps
-
-from adapt_toys import make_pipeline, user_samples
 
 DIM, TOP_K = 4, 3
 

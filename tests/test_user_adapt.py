@@ -9,12 +9,11 @@ import math
 
 import pytest
 import torch
+from adapt_toys import Snapshot, make_model, make_pipeline, user_samples
 
 from crs.errors import ConfigError
 from crs.evaluation import evaluate
 from crs.training import meta
-
-from adapt_toys import Snapshot, make_model, make_pipeline, user_samples
 
 ADAPT = {"type": "user_adapt", "rec_adapt": {"steps": 1, "lr": 5.0}, "conv_adapt": {"steps": 1, "lr": 5.0}}
 NO_STEPS = {"type": "user_adapt", "rec_adapt": {"steps": 0}, "conv_adapt": {"steps": 0}}

@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Iterable
 
-from ..errors import WiringError, did_you_mean
 from ..data.fields import batch_keys
+from ..errors import WiringError, did_you_mean
 from ..interfaces import ModelComponent, Port
 
 #: Keys the collated batch provides without featurizers (see crs.data.fields); model inputs may read them.

@@ -6,7 +6,7 @@ give them the same seed (and sizes) and they describe the same world.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, astuple
+from dataclasses import astuple, dataclass
 from functools import lru_cache
 
 from crs.data.schema import Corpus, Item

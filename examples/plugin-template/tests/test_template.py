@@ -1,9 +1,9 @@
 """Tests for the template plugin, using the fixtures crs.testing provides to plugin authors."""
-import torch
-
 import crs_plugin_template
-from crs.testing import check_component
+import torch
 from crs_plugin_template.mean_entity import MeanEntityRecommender
+
+from crs.testing import check_component
 
 
 def test_registers_mean_entity(register_plugin):
