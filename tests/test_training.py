@@ -239,13 +239,13 @@ def test_early_stopping_on_valid_loss_keeps_the_lowest_loss_epoch(tmp_path: Path
 
 
 @pytest.mark.parametrize("stage, path, words", [
-    (make_stage(objectives={"rek": 1.0}), "stages.0.objectives.rek", ["loss.rec", "loss.aux"]),
+    (make_stage(objectives={"rek": 1.0}), "stages.0.objectives.rek", ["Did you mean 'rec'", "aux, rec"]),
     (make_stage(train=["encodr"]), "stages.0.train", ["Did you mean 'encoder'", "aux"]),
     (make_stage(optimizer=OptimizerSpec(type="adamm")), "stages.0.optimizer.type", ["adamw", "sgd"]),
     (make_stage(schedule=ScheduleSpec(type="cosin")), "stages.0.schedule.type", ["cosine"]),
     (make_stage(early_stopping=EarlyStoppingSpec(mode="best")), "stages.0.early_stopping.mode", ["min", "max"]),
     (make_stage(validate=False, early_stopping=EarlyStoppingSpec()), "stages.0.early_stopping", ["validate"]),
-    (make_stage(objectives={}), "stages.0.objectives", ["loss.rec"]),
+    (make_stage(objectives={}), "stages.0.objectives", ["provides: aux, rec"]),
     (make_stage(early_stopping=EarlyStoppingSpec(metric="loss.aux")), "stages.0.early_stopping.metric", ["loss.rec"]),
 ])
 def test_stage_config_errors_name_the_yaml_path(tmp_path: Path, stage: StageSpec, path: str, words) -> None:
