@@ -10,7 +10,7 @@ which sets ``data``, ``knowledge`` and ``linker`` together.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional, Union
+from typing import Any, Literal, Optional, Union
 
 Node = dict[str, Any]
 
@@ -79,7 +79,7 @@ class SamplesSpec:
     entity_graph: Optional[str] = None  # knowledge name of the entity graph; None = the only one, if any
     word_graph: Optional[str] = None  # knowledge name of the word graph; None = the only one, if any
     valid_fraction: float = 0.1  # carved from train when the corpus has no valid split
-    valid_by: str = "conversation"  # conversation | user: carve whole users (disjoint valid users; crs.data.prepare)
+    valid_by: Literal["conversation", "user"] = "conversation"  # user: valid gets whole users, disjoint from train
     min_word_freq: int = 1
     max_train_conversations: int = 0  # 0 = all; for quick runs
     # featurizer components adding batch fields of their own, computed once per sample (crs.data.fields)
