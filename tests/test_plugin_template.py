@@ -42,7 +42,9 @@ def test_crs_components_lists_mean_entity(installed):
                            "components", "recommender"], capture_output=True, text=True, env=_env(site), timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert "  mean_entity  [template]  Scores items by the dot product of the mean" in proc.stdout
-    assert "      dim: int = 32\n      graph: str = 'entity_kg'\n" in proc.stdout
+    # each key with its default and the help comment from the plugin's own Config source
+    assert "      dim: int = 32  # embedding size\n" in proc.stdout
+    assert "      graph: str = 'entity_kg'  # knowledge name of the entity graph\n" in proc.stdout
 
 
 def test_fresh_manager_finds_and_builds_it(installed, monkeypatch, tiny_deps, tiny_batch):
