@@ -1,0 +1,56 @@
+"""The README's sample output is a whole demo run, written by scripts/readme_output.py, and a fresh demo run
+prints the same (times and memory masked).  The fresh run takes minutes, so that test is marked slow."""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+
+
+@pytest.fixture(scope="module")
+def script():
+    spec = importlib.util.spec_from_file_location("readme_output", ROOT / "scripts" / "readme_output.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_readme_block_is_a_whole_run_and_renders_back(script):
+    block = script.current_block(README.read_text(encoding="utf-8"))
+    output = script.output_of(block)
+    assert script.render(output) == block
+    lines = output.splitlines()
+    assert lines[0].startswith("[crs] kgsf: demo corpus") and lines[-1].startswith("[crs] report: ")
+    assert "rec.recall@10" in output and "gen.bleu-2" in output and "Traceback" not in output
+
+
+def test_masking_hides_only_what_depends_on_the_machine(script):
+    text = "rec 3/12  loss.rec 3.52  valid rec.recall@10 0.6900*  11.2s\n" \
+           "[crs] report: runs/kgsf-demo/report.json  (train 116.0s, evaluate 3.7s, peak RSS 1,648 MB)\n" \
+           "test 526 samples, 300 items, 1,423,529 parameters"
+    assert script.masked(text) == (
+        "rec 3/12  loss.rec 3.52  valid rec.recall@10 0.6900*  <time>s\n"
+        "[crs] report: runs/kgsf-demo/report.json  (train <time>s, evaluate <time>s, peak RSS <n> MB)\n"
+        "test 526 samples, 300 items, 1,423,529 parameters")
+
+
+def test_rewrite_replaces_only_the_block(script, tmp_path, monkeypatch):
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{script.START}\n```\n$ {script.COMMAND}\nold\n```\n{script.END}\nrest\n")
+    monkeypatch.setattr(script, "README", readme)
+    assert script.rewrite("[crs] new line\n") is True
+    assert readme.read_text() == f"intro\n{script.START}\n```\n$ {script.COMMAND}\n[crs] new line\n```\n" \
+                                 f"{script.END}\nrest\n"
+    assert script.rewrite("[crs] new line\n") is False
+
+
+@pytest.mark.slow
+def test_the_readme_shows_what_a_fresh_demo_run_prints(script, tmp_path):
+    shown = script.current_block(README.read_text(encoding="utf-8"))  # before the minutes of the run
+    output = script.run_demo(tmp_path, timeout=3600)
+    assert script.masked(shown) == script.masked(script.render(output)), \
+        "the README's demo output is stale: run `python scripts/readme_output.py` and commit README.md"
