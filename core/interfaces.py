@@ -17,7 +17,7 @@ stage weights them by name.  YAML may rename a slot's ports with
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import nn
@@ -336,6 +336,3 @@ class TrainingStrategy(Component):
         """
         return plan.steps_per_epoch()
 
-
-#: kind -> base class, derived from crs.kinds.KIND_TABLE; each class is imported on first look-up.
-BASES: Mapping[str, type] = _kinds.LazyBases()

@@ -4,7 +4,7 @@ Everything that needs to know the kinds derives from :data:`KIND_TABLE`, so addi
 a kind is one row here plus its ``@hookspec`` function in :mod:`crs.hookspecs`:
 
 - :data:`crs.hookspecs.KINDS` (kind -> hook name; the order ``crs components`` lists kinds in);
-- :data:`crs.interfaces.BASES` (kind -> base class, imported on first look-up);
+- :func:`base_class` (kind -> base class, imported on first look-up; the registry checks components with it);
 - :data:`crs.interfaces.MODEL_KINDS` and the registry's model check (the ``model`` column).
 
 Base classes are lazy ``"module:Class"`` references so that listing kinds (the CLI,
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
-from typing import Iterator, Mapping
 
 
 @dataclass(frozen=True)
@@ -57,24 +56,3 @@ def base_class(kind: str) -> type:
     """Import and return the base class of `kind` (KeyError for an unknown kind)."""
     module_name, _, attr = KINDS[kind].base.partition(":")
     return getattr(importlib.import_module(module_name), attr)
-
-
-class LazyBases(Mapping[str, type]):
-    """kind -> base class, imported on first look-up of that kind.
-
-    Iterating or testing membership imports nothing, so ``crs.interfaces.BASES`` can be
-    derived from the table even though one base (``featurizer``) lives in a module
-    that itself imports ``crs.interfaces``.
-    """
-
-    def __getitem__(self, kind: str) -> type:
-        return base_class(kind)
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(KINDS)
-
-    def __len__(self) -> int:
-        return len(KINDS)
-
-    def __repr__(self) -> str:
-        return f"LazyBases({', '.join(f'{k.name}={k.base}' for k in KIND_TABLE)})"

@@ -33,7 +33,7 @@ from urllib.parse import urlparse
 
 from .errors import ConfigError
 
-__all__ = ["PACKAGE_PREFIX", "resolve_source", "load_tokenizer", "load_causal_lm", "item_token_function",
+__all__ = ["PACKAGE_PREFIX", "resolve_source", "load_tokenizer", "load_causal_lm",
            "items_to_placeholder", "fill_placeholders"]
 
 PACKAGE_PREFIX = "package:"
@@ -293,17 +293,6 @@ def load_causal_lm(source: str, gguf_file: str | None = None, *, random_init: bo
 
 
 # -------------------------------------------------------- item placeholders
-def item_token_function() -> Callable[[str], str]:
-    """The function mapping an item id to its one-token mention in text (``@<id>``).
-
-    crs.data.vocab owns the format; ``f"@{id}"`` stands in only while it offers no
-    ``item_token`` of its own.
-    """
-    from .data import vocab
-
-    return getattr(vocab, "item_token", None) or (lambda item_id: f"@{item_id}")
-
-
 def items_to_placeholder(text: str, item_tokens: Iterable[str], placeholder: str) -> str:
     """`text` with every occurrence of the given item tokens replaced by `placeholder`.
 
@@ -320,14 +309,16 @@ def fill_placeholders(texts: Sequence[str], placeholder: str, items_per_row: Seq
     """Replace the k-th `placeholder` of each text by the token of the k-th item of its row.
 
     :param items_per_row: item ids per text, best first (e.g. a recommender's top-k).
-    :param item_token: item id -> token in text; default :func:`item_token_function`.
+    :param item_token: item id -> token in text; default :func:`crs.data.vocab.item_token`.
     Placeholders beyond the row's items are left as they are.  Item tokens are set off
     by spaces, so word tokenization reads each as one token even where a sub-word
     decoder glued the placeholder to a neighbour.
     """
     if len(texts) != len(items_per_row):
         raise ValueError(f"{len(texts)} texts but {len(items_per_row)} rows of items")
-    token_of = item_token or item_token_function()
+    if item_token is None:
+        from .data.vocab import item_token
+    token_of = item_token
     filled = []
     for text, items in zip(texts, items_per_row):
         pieces = text.split(placeholder)

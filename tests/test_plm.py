@@ -3,7 +3,6 @@ featurizer, the hf_causal_lm generator, placeholder filling, and a tiny random L
 trained here that learns the demo corpus and is scored by the evaluator from its text."""
 from __future__ import annotations
 
-import dataclasses
 import importlib.util
 import math
 import sys
@@ -316,13 +315,10 @@ def test_featurizer_fields_hold_context_and_reply_ids(pipeline, tiny_lm):
         assert reply[-1] == tok.eos_token_id and 2 <= len(reply) <= 32
     mentioning = next(s for s in samples if s.target_items)
     assert placeholder in mentioning.features["plm_response_ids"]  # "@<id>" became the placeholder
-    # the same ids from the conversation itself, for samples built without context_turns
+    # truncation keeps BOS and the last ids
     by_id = {conv.id: conv for conv in pipeline.corpus.splits["train"]}
     featurizer = PLMTokens(PLMTokens.Config(tokenizer=str(tiny_lm), max_context_tokens=12),
                            BuildDeps(path="samples.featurizers.0", items=pipeline.items))
-    for sample in samples[:20]:
-        bare = dataclasses.replace(sample, context_turns=[], response_turn={})
-        assert featurizer.turns(bare, by_id[sample.conv_id]) == featurizer.turns(sample, by_id[sample.conv_id])
     long = max(samples, key=lambda s: len(s.features["plm_context_ids"]))
     short = featurizer.featurize(long, by_id[long.conv_id])["plm_context_ids"]
     assert len(short) == 12 and short[0] == tok.bos_token_id and short[1:] == long.features["plm_context_ids"][-11:]

@@ -16,13 +16,13 @@ from .samples import Sample
 
 def pad(rows: Sequence[Sequence[int]], value: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """(long (B, L) right-padded with `value`, bool (B, L) mask); L >= 1."""
-    width = max(1, max((len(r) for r in rows), default=0))
+    # One tensor from the concatenated rows, scattered through the mask (row-major order matches the
+    # concatenation): a per-row tensor and copy costs more than the whole rest of collate on long fields.
+    lengths = torch.tensor([len(row) for row in rows], dtype=torch.long)
+    width = max(1, int(lengths.max()) if len(rows) else 0)
+    mask = torch.arange(width) < lengths.unsqueeze(1)
     values = torch.full((len(rows), width), value, dtype=torch.long)
-    mask = torch.zeros(len(rows), width, dtype=torch.bool)
-    for i, row in enumerate(rows):
-        if row:
-            values[i, :len(row)] = torch.as_tensor(row, dtype=torch.long)
-            mask[i, :len(row)] = True
+    values[mask] = torch.tensor([v for row in rows for v in row], dtype=torch.long)
     return values, mask
 
 

@@ -35,7 +35,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .schema import Conversation
 
 __all__ = ["Field", "BUILTIN_FIELDS", "COLLATE_RULES", "Featurizer", "batch_keys", "field_table",
-           "check_fields", "builtin_field"]
+           "check_fields"]
 
 COLLATE_RULES = ("pad", "value", "float", "list")
 
@@ -70,18 +70,6 @@ def _minus_one() -> int:
     return -1
 
 
-def _zero() -> int:
-    return 0
-
-
-def _empty_text() -> str:
-    return ""
-
-
-def _no_turn() -> dict:
-    return {}
-
-
 BUILTIN_FIELDS: tuple[Field, ...] = (
     Field("context_tokens", "pad", "history tokens (vocab ids), turns joined by SEP, last L kept", "(B, L)"),
     Field("context_entities", "pad", "entity-graph node ids mentioned so far (items included), in order", "(B, E)"),
@@ -102,28 +90,21 @@ BUILTIN_FIELDS: tuple[Field, ...] = (
     Field("response_tokens", "pad", "BOS y_1 .. y_n EOS, vocab ids", "(B, R)"),
     Field("target_item", "value", "the item to recommend (rec samples), -1 when none", "(B,)",
           default=_minus_one, annotation="int"),
-    Field("user_index", "value", "user index (0 = unknown user)", "(B,)", default=_zero, annotation="int"),
-    Field("turn_index", "value", "index of the turn being answered", "(B,)", default=_zero, annotation="int"),
+    Field("user_index", "value", "user index (0 = unknown user)", "(B,)", default=int, annotation="int"),
+    Field("turn_index", "value", "index of the turn being answered", "(B,)", default=int, annotation="int"),
     Field("context_text", "list", "raw texts of the context turns", "list[list[str]]", annotation="list[str]"),
     Field("context_turns", "list",
           "the context turns in order, one record each: {index (turn index in the conversation), role, text "
           "(item mentions replaced by placeholder tokens, crs.data.vocab.item_token), items (item index of each "
           "placeholder, in text order), unplaced_items (annotated items the text does not name)}; records are "
           "shared between samples: read-only", "list[list[dict]]", annotation="list[dict]"),
-    Field("response_text", "list", "raw reply text", "list[str]", default=_empty_text, annotation="str"),
+    Field("response_text", "list", "raw reply text", "list[str]", default=str, annotation="str"),
     Field("response_turn", "list", "the turn being answered, as a context_turns record", "list[dict]",
-          default=_no_turn, annotation="dict"),
+          default=dict, annotation="dict"),
 )
 
 #: Not a sample attribute: the collated samples themselves (for protocols and reports).
 SAMPLES_KEY = "batch.samples"
-
-
-def builtin_field(name: str) -> Field:
-    for spec in BUILTIN_FIELDS:
-        if spec.name == name:
-            return spec
-    raise KeyError(name)
 
 
 def batch_keys(extra: Iterable[Field] = ()) -> frozenset[str]:
@@ -174,14 +155,6 @@ class Featurizer(Component):
 
     kind = "featurizer"
 
-    @dataclass
-    class Config:
-        """A featurizer with no options."""
-
-    def __init__(self, config: Any, deps: Any):
-        self.config = config
-        self.path = getattr(deps, "path", "")
-
     def fields(self) -> list[Field]:  # pragma: no cover - abstract
         """The fields this featurizer fills (names must not clash with built-in fields)."""
         raise NotImplementedError
@@ -194,10 +167,13 @@ class Featurizer(Component):
 def featurize_all(featurizers: Sequence[Featurizer], samples_by_split: dict[str, list], conversations_by_split:
                   dict[str, list]) -> None:
     """Fill ``sample.features`` for every sample; each featurizer must return exactly its fields."""
-    for split, samples in samples_by_split.items():
-        by_id = {conv.id: conv for conv in conversations_by_split.get(split, [])}
-        for featurizer in featurizers:
-            names = {spec.name for spec in featurizer.fields()}
+    if not featurizers:
+        return
+    conversations = {split: {conv.id: conv for conv in convs} for split, convs in conversations_by_split.items()}
+    for featurizer in featurizers:
+        names = {spec.name for spec in featurizer.fields()}
+        for split, samples in samples_by_split.items():
+            by_id = conversations.get(split, {})
             for sample in samples:
                 values = featurizer.featurize(sample, by_id[sample.conv_id])
                 if set(values) != names:

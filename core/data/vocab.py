@@ -87,11 +87,6 @@ def item_token_index(item_ids: Sequence[str]) -> dict[str, int]:
     return index
 
 
-def is_item_token(token: str) -> bool:
-    """True for tokens shaped like item placeholders (whether or not they name a known item)."""
-    return token.startswith(ITEM_PREFIX) and len(token) > 1
-
-
 # ------------------------------------------------------------------ vocabulary
 class Vocabulary:
     """Token <-> index, with PAD=0, UNK=1, BOS=2, EOS=3, SEP=4, and each token's corpus count.

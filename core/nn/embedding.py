@@ -22,6 +22,7 @@ from torch import nn
 from ..errors import ConfigError
 from ..interfaces import BuildDeps
 from ..shared import SharedModule, SharedRef
+from .transformer import init_token_embedding_
 
 
 class TokenEmbedding(SharedModule):
@@ -38,9 +39,7 @@ class TokenEmbedding(SharedModule):
         vocab = deps.require("vocab")
         self.num_embeddings, self.embedding_dim, self.padding_idx = len(vocab), int(config.dim), vocab.pad
         self.weight = nn.Parameter(torch.empty(self.num_embeddings, self.embedding_dim))
-        nn.init.normal_(self.weight, mean=0.0, std=self.embedding_dim ** -0.5)
-        with torch.no_grad():
-            self.weight[self.padding_idx].zero_()
+        init_token_embedding_(self.weight, self.padding_idx)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """Token ids (...) -> vectors (..., dim); the padding row gets no gradient, as in nn.Embedding."""

@@ -49,7 +49,7 @@ from ..errors import ConfigError
 from ..interfaces import BuildDeps, Generator, Port
 from .decoding import greedy_decode, shift_targets, target_nll, token_nll
 from .embedding import use_token_embedding
-from .transformer import Memory, TransformerDecoder, TransformerEncoder
+from .transformer import Memory, TransformerDecoder, TransformerEncoder, init_token_embedding_
 
 
 class TransformerGenerator(Generator):
@@ -80,9 +80,7 @@ class TransformerGenerator(Generator):
         dim = config.dim
         if config.embedding is None:
             self.embedding = nn.Embedding(self.vocab_size, dim, padding_idx=self.pad)
-            nn.init.normal_(self.embedding.weight, mean=0.0, std=dim ** -0.5)
-            with torch.no_grad():
-                self.embedding.weight[self.pad].zero_()
+            init_token_embedding_(self.embedding.weight, self.pad)
         else:  # a SharedRef: the pipeline owns the matrix, this slot only uses it
             self.embedding = use_token_embedding(deps, config.embedding, dim)
         self.encoder = TransformerEncoder(self.embedding, dim, config.heads, config.layers, config.ffn_dim,

@@ -166,12 +166,19 @@ def _embedding(vocab_or_embedding: int | nn.Embedding | Any, dim: int) -> nn.Emb
             raise ValueError(f"embedding dim {vocab_or_embedding.embedding_dim} != model dim {dim}")
         return vocab_or_embedding
     embedding = nn.Embedding(int(vocab_or_embedding), dim, padding_idx=0)
-    # std dim^-0.5 and a sqrt(dim) scale at lookup give unit-variance inputs, while the
-    # same matrix stays well scaled when shared as the output projection.
-    nn.init.normal_(embedding.weight, mean=0.0, std=dim ** -0.5)
-    with torch.no_grad():
-        embedding.weight[0].zero_()
+    init_token_embedding_(embedding.weight, padding_idx=0)
     return embedding
+
+
+def init_token_embedding_(weight: torch.Tensor, padding_idx: int = 0) -> None:
+    """Initialise a token-embedding matrix (V, dim) in place: normal with std dim^-0.5, the padding row zero.
+
+    std dim^-0.5 and a sqrt(dim) scale at lookup give unit-variance inputs, while the same matrix
+    stays well scaled when shared as the output projection.
+    """
+    nn.init.normal_(weight, mean=0.0, std=weight.shape[-1] ** -0.5)
+    with torch.no_grad():
+        weight[padding_idx].zero_()
 
 
 class _Embedder(nn.Module):

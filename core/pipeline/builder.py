@@ -100,17 +100,18 @@ def _pick_graph(graphs: dict[str, IndexedGraph | KnowledgeGraph], role: str, wan
 
 def _build_featurizers(spec: PipelineSpec, registry: Any, vocab: Vocabulary, items: ItemIndex,
                        graphs: dict[str, IndexedGraph], item_texts: dict[str, ItemTexts],
-                       users: dict[str, int]) -> list:
-    """The featurizers of ``samples.featurizers``, their fields checked against each other and the built-ins."""
+                       users: dict[str, int]) -> tuple[list, list]:
+    """The featurizers of ``samples.featurizers`` and the fields they declare, checked against each other and
+    the built-ins."""
     featurizers, declared = [], []
     for i, node in enumerate(spec.samples.featurizers):
         path = f"samples.featurizers.{i}"
         featurizer = registry.build("featurizer", node, path,
                                     _model_deps(path, vocab, items, graphs, item_texts, users))
-        check_fields([*declared, *featurizer.fields()], path)
         declared += featurizer.fields()
+        check_fields(declared, path)
         featurizers.append(featurizer)
-    return featurizers
+    return featurizers, declared
 
 
 def build_pipeline(spec: PipelineSpec, registry: Any, resolved: dict) -> Pipeline:
@@ -166,8 +167,7 @@ def build_pipeline(spec: PipelineSpec, registry: Any, resolved: dict) -> Pipelin
             linker=linker, users=users, spec=spec.samples)
         for split, convs in corpus.splits.items()
     }
-    featurizers = _build_featurizers(spec, registry, vocab, items, graphs, item_texts, users)
-    extra_fields = [f for featurizer in featurizers for f in featurizer.fields()]
+    featurizers, extra_fields = _build_featurizers(spec, registry, vocab, items, graphs, item_texts, users)
     featurize_all(featurizers, samples, corpus.splits)
     timings["build_samples_s"] = time.perf_counter() - t0
 

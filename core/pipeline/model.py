@@ -25,13 +25,14 @@ from torch import nn
 
 from ..errors import ConfigError, WiringError, did_you_mean
 from ..interfaces import Generator, ModelComponent
-from .wiring import BATCH_KEYS, Wiring
+from ..shared import PREFIX as SHARED_PREFIX
+from ..shared import borrowed
+from .wiring import Wiring
 
 #: Key of the generator's inputs dict holding ``recommend(k) -> LongTensor (B, k)`` (reserved).
 RECOMMEND_INPUT = "recommend"
 #: State keys ``forward(..., generate_len=n)`` writes the decoded replies to (reserved).
 GENERATED, GENERATED_TEXT = "generated.tokens", "generated.text"
-SHARED_PREFIX = "shared."  # as crs.shared.PREFIX: how `train:` lists and parameter names refer to shared modules
 
 
 @dataclass
@@ -73,8 +74,6 @@ class PipelineModel(nn.Module):
         self.wiring = wiring
         self._static = wiring.batch_independent()
         self._cache: dict[str, _CacheEntry] = {}
-        from ..shared import borrowed  # crs.shared imports crs.interfaces only
-
         # Shared modules a slot calls through a SharedRef are not its submodules, but their
         # tensors decide its outputs as much as its own: the cache key covers them too.
         # (Listed once here: a slot that gains submodules after construction is not supported.)
@@ -232,7 +231,7 @@ class PipelineModel(nn.Module):
             if port.key in state:
                 inputs[local] = state[port.key]
             elif not port.optional:
-                where = "the batch" if port.key in BATCH_KEYS else "an earlier slot"
+                where = "the batch" if port.key in self.wiring.batch_keys else "an earlier slot"
                 raise WiringError(f"model.{slot}.inputs.{local}",
                                   f"'{port.key}' was expected from {where} but is missing")
         module = self.slots[slot]

@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from crs.errors import ConfigError
 from crs.interfaces import BuildDeps, Generator, Port
 from crs.nn import token_nll
-from crs.plm import fill_placeholders, item_token_function, load_causal_lm, load_tokenizer
+from crs.plm import fill_placeholders, load_causal_lm, load_tokenizer
 
 from .featurizer import added_tokens
 
@@ -93,7 +93,6 @@ class HFCausalLM(Generator):
                               "use the plm_tokens featurizer's prefix (default plm)")
         self.vocab = deps.vocab
         self.item_ids = list(deps.items.ids) if deps.items is not None else []
-        self.item_token = item_token_function()
         self.model = load_causal_lm(config.source, config.gguf_file, random_init=config.random_init,
                                     key=f"{self.path}.source")
         key = f"{self.path}.tokenizer" if config.tokenizer else f"{self.path}.source"
@@ -191,7 +190,7 @@ class HFCausalLM(Generator):
             return texts
         ranked = recommend(wanted).tolist()
         items = [[self.item_ids[i] for i in row] for row in ranked]
-        return fill_placeholders(texts, self.placeholder, items, self.item_token)
+        return fill_placeholders(texts, self.placeholder, items)
 
     def _text(self, ids: list[int]) -> str:
         if self.eos in ids:

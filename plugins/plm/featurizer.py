@@ -14,8 +14,7 @@ Both are ``pad`` fields (right-padded with the tokenizer's pad id, each with a
 ``_mask``); a causal LM re-aligns the context to the left itself.
 
 The context is ``sample.context_turns`` (role and text, item mentions as item
-tokens); samples built before that field existed fall back to the conversation's
-own turns.  Item mentions become ``item_placeholder`` (default ``[MOVIE_ID]``, added
+tokens).  Item mentions become ``item_placeholder`` (default ``[MOVIE_ID]``, added
 to the tokenizer as a special token), so a generator can learn *where* an item goes
 and leave *which* item to the recommender; ``item_placeholder: null`` keeps the
 ``@<id>`` tokens as text.  Formats:
@@ -35,7 +34,7 @@ from crs.data.fields import Featurizer, Field
 from crs.data.schema import RECOMMENDER, SEEKER
 from crs.errors import ConfigError
 from crs.interfaces import BuildDeps
-from crs.plm import item_token_function, items_to_placeholder, load_tokenizer
+from crs.plm import items_to_placeholder, load_tokenizer
 
 Format = Literal["plain", "chat"]
 FORMATS = typing.get_args(Format)
@@ -75,8 +74,7 @@ class PLMTokens(Featurizer):
     def __init__(self, config: "PLMTokens.Config", deps: BuildDeps):
         super().__init__(config, deps)
         self._check(config)
-        self.item_ids = list(deps.items.ids) if deps.items is not None else []
-        self.item_token = item_token_function()
+        self.item_tokens = list(deps.items.tokens) if deps.items is not None else []  # by item index
         self.tokenizer = load_tokenizer(config.tokenizer, special_tokens=added_tokens(config.special_tokens,
                                         config.item_placeholder), key=f"{self.path}.tokenizer",
                                         gguf_file=config.gguf_file)
@@ -121,34 +119,15 @@ class PLMTokens(Featurizer):
     # ----------------------------------------------------------------- texts
     def turns(self, sample: Any, conversation: Any) -> tuple[list[tuple[str, str]], str]:
         """``[(role, text), ...]`` of the context and the reply text, item mentions as placeholders."""
-        if sample.context_turns and sample.response_turn:
-            context = [(t.get("role", ""), self._placeholders(t.get("text", ""), t.get("items", ())))
-                       for t in sample.context_turns]
-            reply = sample.response_turn
-            return context, self._placeholders(reply.get("text", ""), reply.get("items", ()))
-        return self._turns_of(sample, conversation)
-
-    def _turns_of(self, sample: Any, conversation: Any) -> tuple[list[tuple[str, str]], str]:
-        """The same from the conversation itself (samples built without ``context_turns``)."""
-        from crs.data.build import replace_mentions
-
-        position = next((i for i, turn in enumerate(conversation.turns) if turn.index == sample.turn_index), None)
-        if position is None:  # not a turn of this conversation: all that is known is the texts
-            return [("", text) for text in sample.context_text], sample.response_text
-        turns = conversation.turns[max(0, position - len(sample.context_text)):position + 1]
-
-        def text(turn: Any) -> str:
-            mentioned = [self.item_token(m.id) for m in turn.items]
-            placed = replace_mentions(turn)
-            return items_to_placeholder(placed, mentioned, self.config.item_placeholder) \
-                if self.config.item_placeholder else placed
-
-        return [(turn.role, text(turn)) for turn in turns[:-1]], text(turns[-1])
+        context = [(t.get("role", ""), self._placeholders(t.get("text", ""), t.get("items", ())))
+                   for t in sample.context_turns]
+        reply = sample.response_turn
+        return context, self._placeholders(reply.get("text", ""), reply.get("items", ()))
 
     def _placeholders(self, text: str, items: Any) -> str:
         if not self.config.item_placeholder:
             return text
-        tokens = [self.item_token(self.item_ids[i]) for i in items if 0 <= i < len(self.item_ids)]
+        tokens = [self.item_tokens[i] for i in items if 0 <= i < len(self.item_tokens)]
         return items_to_placeholder(text, tokens, self.config.item_placeholder)
 
     # ----------------------------------------------------------------- ids
