@@ -8,7 +8,8 @@ and evaluated with 40 generated replies; the script then compares, preset by pre
 report metrics, per-sample rankings (fields both revisions write) and the training
 history, bit for bit.  A refactoring of the core should print "identical" everywhere;
 anything else names what moved.  Revisions run from `git worktree` checkouts, with
-`crs` and `crs.plugins` imported from each checkout, so one virtual environment serves both.
+`crs` and `crs.plugins` imported from each checkout, so one virtual environment serves both;
+the worktrees are removed at the end (the outputs under --out stay).
 """
 from __future__ import annotations
 
@@ -47,10 +48,15 @@ def checkout(rev: str | None, where: Path) -> Path:
     return where
 
 
+def remove_worktree(where: Path) -> None:
+    """Undo :func:`checkout` (git would otherwise keep listing the worktree after --out is deleted)."""
+    subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(where)], capture_output=True)
+
+
 def run_presets(tree: Path, out: Path) -> list[str]:
-    presets = list(yaml.safe_load((tree / "registry.yaml").read_text())["presets"])
-    for preset in presets:
-        stages = yaml.safe_load((tree / "registry.yaml").read_text())["presets"][preset].get("stages", [])
+    presets = yaml.safe_load((tree / "registry.yaml").read_text())["presets"]
+    for preset, node in presets.items():
+        stages = node.get("stages", [])
         args = [f"preset={preset}", *SHORT, *(f"stages.{i}.epochs=1" for i in range(len(stages)))]
         log = out / f"{preset}.log"
         with log.open("w") as handle:
@@ -58,7 +64,7 @@ def run_presets(tree: Path, out: Path) -> list[str]:
                                    "--run-dir", str(out / preset), "--no-progress"],
                                   cwd=tree, stdout=handle, stderr=subprocess.STDOUT).returncode
         print(f"  {preset}: exit {code}", flush=True)
-    return presets
+    return list(presets)
 
 
 def _rankings(path: Path) -> list[dict]:
@@ -92,7 +98,11 @@ def main() -> int:
         print(f"{label}: {rev or 'working tree'}", flush=True)
         tree = checkout(rev, out / f"tree-{label}")
         (out / label).mkdir(parents=True, exist_ok=True)
-        results[label] = run_presets(tree, out / label)
+        try:
+            results[label] = run_presets(tree, out / label)
+        finally:
+            if tree != ROOT:
+                remove_worktree(tree)
     for preset in results["base"]:
         verdict = compare(preset, out / "base", out / "new") if preset in results["new"] else "absent in new"
         print(f"{preset}: {verdict}")

@@ -73,6 +73,11 @@ def check_choice(value: str, choices: Iterable[str], path: str, fix: str = "") -
     return value
 
 
+def clip(text: str, limit: int, marker: str = "...") -> str:
+    """`text` cut to `limit` characters for a message, ending in `marker` when cut (a value can be arbitrarily long)."""
+    return text if len(text) <= limit else text[:limit - len(marker)] + marker
+
+
 def did_you_mean(name: str, candidates: Iterable[str]) -> str:
     """' Did you mean 'x'?' for the closest candidate, or '' when nothing is close."""
     close = difflib.get_close_matches(str(name), list(candidates), n=1, cutoff=0.6)

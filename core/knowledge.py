@@ -9,7 +9,7 @@ every item has a node index.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -108,22 +108,40 @@ class IndexedGraph:
 
 def check_edges(name: str, graph: KnowledgeGraph) -> None:
     """A DataError naming graph `name` when an edge's head, tail or relation id is outside the graph."""
-    n_nodes, n_relations = len(graph.nodes), len(graph.relations)
     if not (len(graph.heads) == len(graph.tails) == len(graph.relation_ids)):
         raise DataError(f"knowledge graph '{name}'", f"{len(graph.heads)} heads, {len(graph.relation_ids)} relations "
                                                      f"and {len(graph.tails)} tails: one of each per edge is needed",
                         "fix the knowledge source that built it")
-    for what, ids, limit in (("head", graph.heads, n_nodes), ("tail", graph.tails, n_nodes),
-                             ("relation", graph.relation_ids, n_relations)):
-        bad = np.flatnonzero((ids < 0) | (ids >= limit)) if len(ids) else ()
-        if len(bad):
-            edge = int(bad[0])
-            raise DataError(f"knowledge graph '{name}'",
-                            f"edge {edge} has {what} id {int(ids[edge])}, but the graph has {limit} "
-                            f"{'relations' if what == 'relation' else 'nodes'} (ids 0..{limit - 1}); "
-                            f"{len(bad)} edge(s) are out of range",
-                            "the edge file and the id files must come from the same release, and the edge "
-                            "columns must be read in the order the file has them (head, relation, tail)")
+    check_edge_ids(f"knowledge graph '{name}'", np.stack([graph.heads, graph.relation_ids, graph.tails], axis=1),
+                   len(graph.nodes), len(graph.relations),
+                   "the edge file and the id files must come from the same release, and the edge "
+                   "columns must be read in the order the file has them (head, relation, tail)")
+
+
+def check_edge_ids(where: str, edges: Sequence[Sequence[int]] | np.ndarray, n_nodes: int, n_relations: int | None,
+                   fix: str) -> None:
+    """A DataError at `where` (a graph, or the file a loader read the edges from) naming the first edge
+    ``(head, relation, tail)`` whose head or tail is not a node id ``0..n_nodes - 1`` or whose relation is
+    not ``0..n_relations - 1`` (relations are not checked when `n_relations` is None).
+
+    The one range check of edges: :meth:`IndexedGraph.from_graph` runs it on every graph, and loaders run it
+    on the ids as their files store them, so that the message names the file.
+    """
+    try:
+        triples = np.asarray(edges, dtype=np.int64).reshape(-1, 3)
+    except OverflowError:  # an id beyond int64 is outside every range: mark it as one
+        triples = np.asarray([[v if -2**63 <= v < 2**63 else -1 for v in edge] for edge in edges],
+                             dtype=np.int64).reshape(-1, 3)
+    heads, relations, tails = triples[:, 0], triples[:, 1], triples[:, 2]
+    bad = (heads < 0) | (heads >= n_nodes) | (tails < 0) | (tails >= n_nodes)
+    if n_relations is not None:
+        bad |= (relations < 0) | (relations >= n_relations)
+    found = np.flatnonzero(bad)
+    if len(found):
+        head, relation, tail = (int(v) for v in edges[int(found[0])])
+        ranges = f"nodes 0..{n_nodes - 1}" + (f", relations 0..{n_relations - 1}" if n_relations is not None else "")
+        more = f"; {len(found)} edges are out of range" if len(found) > 1 else ""
+        raise DataError(where, f"edge ({head}, {relation}, {tail}) is outside the id ranges ({ranges}){more}", fix)
 
 
 class GraphLookups(dict):

@@ -10,8 +10,8 @@ import pytest
 
 from crs.errors import DataError
 from crs.interfaces import BuildDeps
-from crs.knowledge import ENTITY, WORD
-from crs.plugins.datasets import uri_label
+from crs.knowledge import ENTITY, WORD, IndexedGraph, KnowledgeGraph
+from crs.labels import uri_label
 from crs.plugins.datasets.conceptnet import ConceptNetEdges
 from crs.plugins.datasets.dbpedia import KGSFDBpedia
 from crs.plugins.datasets.item_texts import ItemMetadataJson, RevCoreReviews
@@ -84,6 +84,44 @@ def test_kgsf_bad_files(tmp_path):
     (tmp_path / "movies.pkl").write_bytes(pickle.dumps([0, 99]))
     with pytest.raises(DataError, match="movies.pkl.*within 0..7"):
         KGSFDBpedia(KGSFDBpedia.Config(**files), _deps()).load(None)
+
+
+@pytest.mark.parametrize("pair, edge", [
+    ((185, 99), "edge (3, 185, 99)"),  # checked as stored: an edge of the dropped relation 185 too
+    ((1, 2**70), f"edge (3, 1, {2**70})"),  # beyond int64: still a DataError, not an OverflowError
+])
+def test_kgsf_edge_outside_the_entity_ids_names_the_file(tmp_path, pair, edge):
+    files = _kgsf_files(tmp_path)
+    subkg = pickle.loads((tmp_path / "subkg.pkl").read_bytes())
+    subkg[3].append(pair)
+    (tmp_path / "subkg.pkl").write_bytes(pickle.dumps(subkg))
+    with pytest.raises(DataError) as err:
+        KGSFDBpedia(KGSFDBpedia.Config(**files), _deps()).load(None)
+    assert str(err.value).startswith(f"{tmp_path / 'subkg.pkl'}: {edge} is outside the id ranges (nodes 0..7)\n")
+    assert "entity2id files must come from the same release" in str(err.value)
+
+
+def test_an_indexed_graph_refuses_edges_outside_it():
+    graph = KnowledgeGraph(ENTITY, ["a", "b"], ["r"], heads=[0, 1, 0], relation_ids=[0, 0, 1], tails=[1, 2, 1])
+    with pytest.raises(DataError) as err:
+        IndexedGraph.from_graph("kg", graph)
+    assert str(err.value).startswith("knowledge graph 'kg': edge (1, 0, 2) is outside the id ranges "
+                                     "(nodes 0..1, relations 0..0); 2 edges are out of range\n")
+
+
+def test_roots_under_shared_data_are_read_from_the_folder_the_shared_data_check_checks(monkeypatch, tmp_path):
+    from crs.data.shared_folder import shared_folder
+    from crs.plugins.datasets.common import resolve_root
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("CRS_SHARED_DATA", raising=False)
+    assert resolve_root("../shared/data/redial/kgsf") == tmp_path / "../shared/data/redial/kgsf"
+    assert resolve_root("data/redial") == tmp_path / "data/redial"
+    monkeypatch.setenv("CRS_SHARED_DATA", "~/corpora")  # `~` expanded, as check_shared_data always did
+    assert resolve_root("../shared/data/redial/kgsf") == Path.home() / "corpora/redial/kgsf" == \
+        shared_folder() / "redial/kgsf"
+    assert resolve_root("../shared/data") == Path.home() / "corpora"
+    assert resolve_root("../shared/other") == tmp_path / "../shared/other"
 
 
 def _edges(tmp_path, lines):

@@ -51,7 +51,7 @@ import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from ..errors import ConfigError, UnknownComponentError, did_you_mean
+from ..errors import ConfigError, UnknownComponentError, clip, did_you_mean
 from .spec import PipelineSpec
 from .validate import from_dict, join, locate
 from .yaml_lines import SourceMap
@@ -155,23 +155,11 @@ def validate_components(spec: PipelineSpec, registry: Any, source: Any = None) -
     :param source: the config file name (its lines are read for messages) or a locator.
     :raises ConfigError: the first bad node; when several nodes are bad, the message lists all.
     """
-    from ..interfaces import MODEL_KINDS
-
     if isinstance(source, (str, os.PathLike)) and Path(source).is_file():
         locator = SourceMap()
         locator.add_yaml(str(source), read_yaml_text(Path(source), "config file"))
         source = locator
-    nodes: list[tuple[Any, Any, str]] = [("dataset", spec.data, "data")]
-    nodes += [("knowledge_source", node, f"knowledge.{name}") for name, node in spec.knowledge.items()]
-    nodes += [("shared_module", node, f"shared.{name}") for name, node in spec.shared.items()]
-    if spec.linker is not None:
-        nodes.append(("entity_linker", spec.linker, "linker"))
-    nodes += [(MODEL_KINDS, node, f"model.{slot}") for slot, node in spec.model.items()]
-    nodes += [("training_strategy", stage.strategy, f"stages.{i}.strategy") for i, stage in enumerate(spec.stages)]
-    nodes += [("evaluation_protocol", node, f"evaluation.protocols.{i}")
-              for i, node in enumerate(spec.evaluation.protocols)]
-    nodes += [("metric", node, f"evaluation.metrics.{i}") for i, node in enumerate(spec.evaluation.metrics)]
-    nodes += [("featurizer", node, f"samples.featurizers.{i}") for i, node in enumerate(spec.samples.featurizers)]
+    nodes = component_nodes(spec)
     errors: list[ConfigError] = []
     for slot, node in spec.model.items():
         # a slot without `type:` whose name is close to another slot's is almost always a typo
@@ -193,6 +181,28 @@ def validate_components(spec: PipelineSpec, registry: Any, source: Any = None) -
         combined = ConfigError("", f"{len(errors)} config errors:\n" + "\n".join(f"- {e}" for e in errors))
         combined.path = errors[0].path  # for callers that inspect it; the message lists every error
         raise combined
+
+
+def component_nodes(spec: PipelineSpec) -> list[tuple[Any, Any, str]]:
+    """(kinds, node, config path) of every component node of `spec`, in the order they are validated.
+
+    The one list of where components sit in a pipeline: :func:`validate_components` checks these
+    nodes, and :func:`crs.data.shared_folder.check_shared_data` reads their values.
+    """
+    from ..interfaces import MODEL_KINDS
+
+    nodes: list[tuple[Any, Any, str]] = [("dataset", spec.data, "data")]
+    nodes += [("knowledge_source", node, f"knowledge.{name}") for name, node in spec.knowledge.items()]
+    nodes += [("shared_module", node, f"shared.{name}") for name, node in spec.shared.items()]
+    if spec.linker is not None:
+        nodes.append(("entity_linker", spec.linker, "linker"))
+    nodes += [(MODEL_KINDS, node, f"model.{slot}") for slot, node in spec.model.items()]
+    nodes += [("training_strategy", stage.strategy, f"stages.{i}.strategy") for i, stage in enumerate(spec.stages)]
+    nodes += [("evaluation_protocol", node, f"evaluation.protocols.{i}")
+              for i, node in enumerate(spec.evaluation.protocols)]
+    nodes += [("metric", node, f"evaluation.metrics.{i}") for i, node in enumerate(spec.evaluation.metrics)]
+    nodes += [("featurizer", node, f"samples.featurizers.{i}") for i, node in enumerate(spec.samples.featurizers)]
+    return nodes
 
 
 def find_registry_file(registry_path: str | os.PathLike | None = None) -> Path | None:
@@ -269,11 +279,6 @@ def _load_yaml(text: str, label: str) -> Any:
 def _too_deep(where: str) -> ConfigError:
     return ConfigError("", "the config nests lists or mappings too deeply to be read",
                        "flatten it: no config needs more than a few levels", source=where)
-
-
-def _clip(text: str, limit: int = 120) -> str:
-    """`text` cut to `limit` characters for a message (an override can be arbitrarily long)."""
-    return text if len(text) <= limit else f"{text[:limit - 3]}..."
 
 
 def _read_file(path: str) -> _Layer:
@@ -465,10 +470,10 @@ def _parse_override(text: str) -> tuple[str, Any, str]:
         value = OmegaConf.to_container(OmegaConf.from_dotlist([f"value={raw}"]), resolve=False)["value"]
     except (OmegaConfBaseException, yaml.YAMLError, ValueError) as err:
         problem = getattr(err, "problem", None) or str(err)  # YAML errors: drop the "<unicode string>" noise
-        raise ConfigError(key, f"malformed override '{_clip(text)}': {_clip(' '.join(str(problem).split()))}", fix,
-                          source="command line") from err
+        raise ConfigError(key, f"malformed override '{clip(text, 120)}': {clip(' '.join(str(problem).split()), 120)}",
+                          fix, source="command line") from err
     except RecursionError:
-        raise _too_deep(f"override '{_clip(text)}'") from None
+        raise _too_deep(f"override '{clip(text, 120)}'") from None
     return key, value, text
 
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, Iterable, Sequence
 
 from ..config.spec import SamplesSpec
@@ -78,10 +79,19 @@ def _exact(text: str, surface: str, taken: Sequence[tuple[int, int, Any]]) -> li
     return found
 
 
+@lru_cache(maxsize=65536)
+def whole_word_pattern(surface: str, ignore_case: bool = True) -> re.Pattern:
+    """`surface` as a regex matching it only where it is not part of a longer word (no ``\\w`` on either side).
+
+    Compiled once per surface (the per-turn paths search the same mention words again and again).
+    """
+    return re.compile(rf"(?<!\w){re.escape(surface)}(?!\w)", re.IGNORECASE if ignore_case else 0)
+
+
 def _whole_words(text: str, surface: str, taken: Sequence[tuple[int, int, Any]]) -> list[tuple[int, int]]:
     """Case-insensitive occurrences of `surface` not inside a longer word, clear of `taken` spans."""
-    pattern = re.compile(rf"(?<!\w){re.escape(surface)}(?!\w)", re.IGNORECASE)
-    return [(m.start(), m.end()) for m in pattern.finditer(text) if _free(m.start(), m.end(), taken)]
+    return [(m.start(), m.end()) for m in whole_word_pattern(surface).finditer(text)
+            if _free(m.start(), m.end(), taken)]
 
 
 def item_spans(text: str, mentions: Iterable[Mention]) -> list[tuple[int, int, str]]:

@@ -270,10 +270,8 @@ def download_files(entries: Iterable[RemoteFile], dest: Path | str, **options) -
     dest = writable_folder(dest, "--dest")
     written = []
     for entry in entries:
-        try:
+        try:  # network errors never get here: download_file retries them and raises a DataError
             path = download_file(entry, dest, **options)
-        except (urllib.error.URLError, ConnectionError, socket.timeout):
-            raise  # network errors are handled (and retried) inside download_file; these are not local writes
         except OSError as err:
             where = err.filename or dest / entry.target
             raise DataError(str(where), f"cannot write the download ({err.strerror or err})",

@@ -36,13 +36,14 @@ def _nodes_by_name(nodes: list[str]) -> dict[str, str | None]:
     return found
 
 
-def link_items(corpus: Corpus, graph: KnowledgeGraph | None) -> Corpus:
-    """`corpus` with its items linked by name (when it asks for it) and the unlinked count in its report.
+def link_items(corpus: Corpus, graph: KnowledgeGraph | None) -> tuple[Corpus, list[str]]:
+    """`corpus` with its items linked by name (when it asks for it) and the unlinked count in its report,
+    and the entity-graph node name of each item (:func:`crs.data.prepare.item_entity_names` of it).
 
-    Returns a new Corpus (datasets may share theirs); without an entity graph nothing is counted.
+    The corpus is a new one (datasets may share theirs); without an entity graph nothing is counted.
     """
     if graph is None:
-        return corpus
+        return corpus, item_entity_names(corpus)
     report = dict(corpus.report)
     items = corpus.items
     if corpus.link_items_by_name:
@@ -62,9 +63,10 @@ def link_items(corpus: Corpus, graph: KnowledgeGraph | None) -> Corpus:
         if ambiguous:
             report["items_with_ambiguous_names"] = ambiguous
     linked_corpus = replace(corpus, items=items, report=report)
+    names = item_entity_names(linked_corpus)
     known = set(graph.nodes)
-    report["items_unlinked_from_kg"] = sum(name not in known for name in item_entity_names(linked_corpus))
-    return linked_corpus
+    report["items_unlinked_from_kg"] = sum(name not in known for name in names)
+    return linked_corpus, names
 
 
 def unlinked_note(report: dict) -> str:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Literal, TextIO, TypeVar
 
-from ..errors import DataError, check_choice
+from ..errors import DataError, check_choice, clip
 
 T = TypeVar("T")
 OnError = Literal["raise", "skip"]  # the annotation of every `on_error` config key
@@ -182,12 +182,7 @@ def expect_text(value: Any, what: str, fix: str = "") -> str:
         return value
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value)
-    raise RecordError(f"{what} should be a string or a number, got {json_type(value)}"
-                      + (f" ({_shown(value)})" if isinstance(value, (list, dict, bool)) else ""),
+    shown = f" ({clip(json.dumps(value, ensure_ascii=False), 40)})" if isinstance(value, (list, dict, bool)) else ""
+    raise RecordError(f"{what} should be a string or a number, got {json_type(value)}{shown}",
                       fix or f"write {what} as a string; a list or object here usually means the field mapping "
                              "points at the wrong field")
-
-
-def _shown(value: Any, limit: int = 40) -> str:
-    text = json.dumps(value, ensure_ascii=False)
-    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -24,7 +24,7 @@ import pickletools
 from pathlib import Path
 from typing import Any
 
-from ..errors import DataError
+from ..errors import DataError, clip
 
 #: (module, name) pairs a plain-data pickle may reference.
 ALLOWED_GLOBALS: frozenset[tuple[str, str]] = frozenset({
@@ -84,7 +84,8 @@ def load_plain_pickle(path: Path | str) -> Any:
     except DataError:
         raise
     except Exception as err:  # noqa: BLE001 - only allow-listed constructors ran, so any failure is bad data
-        raise DataError(source, f"not a readable pickle ({type(err).__name__}: {_short(err)})",
+        problem = clip(" ".join(str(err).split()), 200)
+        raise DataError(source, f"not a readable pickle ({type(err).__name__}: {problem})",
                         _DAMAGED_FIX) from None
 
 
@@ -164,7 +165,7 @@ def check_lengths(data: bytes, source: str) -> None:
             raise _truncated(source, start)
         if code == _FRAME:  # the frame's bytes are the opcodes that follow, walked next
             _check_length(int.from_bytes(arg, "little"), size - pos, start, source)
-        elif code in (_PUT, _LONG_BINPUT):
+        elif code == _PUT:  # LONG_BINPUT is checked in the fast path above
             _check_memo_index(code, arg, ops, start, source)
         elif code == _STOP:
             return
@@ -191,8 +192,3 @@ def _check_memo_index(code: int, arg: bytes, ops: int, start: int, source: str) 
 def _truncated(source: str, offset: int) -> DataError:
     return DataError(source, f"not a readable pickle (the data ends inside the opcode at byte {offset}; "
                              "the file is truncated)", _DAMAGED_FIX)
-
-
-def _short(err: Exception) -> str:
-    text = " ".join(str(err).split())
-    return text if len(text) <= 200 else text[:197] + "..."

@@ -2,8 +2,9 @@
 
 The built-in readers of real corpora (``redial``, ``inspired`` and their knowledge sources)
 default to roots under ``../shared/data`` (relative to the working directory); when
-``CRS_SHARED_DATA`` is set, such a root is read from that folder instead (the rule lives in
-``crs.plugins.datasets.common.resolve_root``).  Without the folder, the first reader would
+``CRS_SHARED_DATA`` is set (``~`` expanded), such a root is read from that folder instead.
+The rule is :func:`in_shared_folder`, which the readers resolve their roots with
+(``crs.plugins.datasets.common.resolve_root``).  Without the folder, the first reader would
 fail on the first file it opens, naming a path the user never wrote.
 :func:`check_shared_data` runs before anything loads and names what to change instead:
 ``data.root`` (and the other keys that read from the folder), ``CRS_SHARED_DATA``, and
@@ -18,7 +19,8 @@ from typing import Any
 
 from ..errors import DataError
 
-__all__ = ["SHARED_ENV", "SHARED_DEFAULT", "shared_folder", "check_shared_data"]
+__all__ = ["SHARED_ENV", "SHARED_DEFAULT", "shared_folder", "below_shared_folder", "in_shared_folder",
+           "check_shared_data"]
 
 SHARED_ENV = "CRS_SHARED_DATA"
 SHARED_DEFAULT = "../shared/data"
@@ -30,6 +32,18 @@ def shared_folder() -> Path:
     """``$CRS_SHARED_DATA`` when set, else ``../shared/data`` from the working directory."""
     configured = os.environ.get(SHARED_ENV)
     return Path(os.path.expanduser(configured)) if configured else Path.cwd() / SHARED_DEFAULT
+
+
+def below_shared_folder(path: str | Path) -> tuple[str, ...] | None:
+    """The parts of `path` below ``../shared/data`` when it starts there (``()`` for the folder itself), else None."""
+    parts = Path(path).parts
+    return parts[len(_PREFIX):] if parts[:len(_PREFIX)] == _PREFIX else None
+
+
+def in_shared_folder(path: str | Path) -> Path | None:
+    """Where a path under ``../shared/data`` is read from (:func:`shared_folder` joined with the rest), else None."""
+    below = below_shared_folder(path)
+    return None if below is None else shared_folder().joinpath(*below)
 
 
 def check_shared_data(spec: Any, registry: Any) -> None:
@@ -71,34 +85,23 @@ def _shown(path: Path) -> str:
 
 def _shared_values(spec: Any, registry: Any) -> list[tuple[str, str, tuple[str, ...]]]:
     """(config key, value, parts below the shared folder) of every string value under ``../shared/data``."""
+    from ..config.loader import component_nodes
+
     found = []
-    for path, node in _component_nodes(spec):
-        for key, value in _effective_values(node, registry).items():
-            if isinstance(value, str) and Path(value).parts[:len(_PREFIX)] == _PREFIX:
-                found.append((f"{path}.{key}", value, Path(value).parts[len(_PREFIX):]))
+    for kinds, node, path in component_nodes(spec):
+        if not isinstance(node, dict):
+            continue
+        for key, value in _effective_values(kinds, node, path, registry).items():
+            below = below_shared_folder(value) if isinstance(value, str) else None
+            if below is not None:
+                found.append((f"{path}.{key}", value, below))
     return found
 
 
-def _component_nodes(spec: Any) -> list[tuple[str, Any]]:
-    nodes: list[tuple[str, Any]] = [("data", spec.data)]
-    nodes += [(f"knowledge.{name}", node) for name, node in spec.knowledge.items()]
-    nodes += [(f"shared.{name}", node) for name, node in spec.shared.items()]
-    nodes += [(f"model.{name}", node) for name, node in spec.model.items()]
-    if spec.linker is not None:
-        nodes.append(("linker", spec.linker))
-    nodes += [(f"samples.featurizers.{i}", node) for i, node in enumerate(spec.samples.featurizers)]
-    return [(path, node) for path, node in nodes if isinstance(node, dict)]
-
-
-def _effective_values(node: dict, registry: Any) -> dict[str, Any]:
-    """The node's values over its component's Config defaults (just the node when the type is unknown)."""
-    defaults: dict[str, Any] = {}
+def _effective_values(kinds: Any, node: dict, path: str, registry: Any) -> dict[str, Any]:
+    """The node's config with its component's defaults filled in (just the node when it does not check)."""
     try:
-        config_cls = registry.get(node.get("type")).cls.Config
-    except Exception:  # unknown type or no Config: validation, which ran before, reports those
+        config = registry.check_node(kinds, node, path).config
+    except Exception:  # an unknown type or a bad value: validation, which ran before, reports those
         return dict(node)
-    if dataclasses.is_dataclass(config_cls):
-        for field in dataclasses.fields(config_cls):
-            if field.default is not dataclasses.MISSING:
-                defaults[field.name] = field.default
-    return {**defaults, **node}
+    return {field.name: getattr(config, field.name) for field in dataclasses.fields(config)}

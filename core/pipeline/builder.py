@@ -140,8 +140,7 @@ def build_pipeline(spec: PipelineSpec, registry: Any, resolved: dict) -> Pipelin
     entity_name = _pick_graph(raw_graphs, ENTITY, spec.samples.entity_graph, "entity_graph")
     word_name = _pick_graph(raw_graphs, WORD, spec.samples.word_graph, "word_graph")
     # items named like graph nodes get linked (when the corpus asks); the report counts the unlinked ones
-    corpus = link_items(corpus, raw_graphs[entity_name] if entity_name else None)
-    item_nodes = prepare.item_entity_names(corpus)
+    corpus, item_nodes = link_items(corpus, raw_graphs[entity_name] if entity_name else None)
     graphs = {
         name: IndexedGraph.from_graph(name, g, extra_nodes=item_nodes if name == entity_name else ())
         for name, g in raw_graphs.items()

@@ -1,16 +1,11 @@
 """Built-in plugin: real corpora (ReDial, UniCRS-style INSPIRED, generic jsonl) and knowledge loaders.
 
 Registration uses lazy ``"module:Class"`` references, so importing this module
-loads nothing heavy.  :func:`uri_label` (DBpedia URI -> linkable words) is
-re-exported for entity linkers.
+loads nothing heavy.
 """
 from __future__ import annotations
 
 from crs.hookspecs import hookimpl
-
-from .labels import uri_label, word_label
-
-__all__ = ["uri_label", "word_label"]
 
 _PKG = "crs.plugins.datasets"
 

@@ -5,8 +5,7 @@ import os
 from pathlib import Path
 
 from crs.data.readers import require_file
-
-SHARED_PREFIX = ("..", "shared", "data")
+from crs.data.shared_folder import in_shared_folder
 
 
 def resolve_root(root: str) -> Path:
@@ -14,17 +13,14 @@ def resolve_root(root: str) -> Path:
 
     Relative roots are taken from the working directory (the repository root when
     running ``crs-run``).  The defaults point at the repository's sibling
-    ``../shared/data/...``; when ``CRS_SHARED_DATA`` is set, a root starting with
-    ``../shared/data`` is read from that folder instead, so the same configs run
-    wherever the shared data lives.
+    ``../shared/data/...``; a root starting with ``../shared/data`` is read from the
+    shared data folder (:func:`crs.data.shared_folder.in_shared_folder`: ``CRS_SHARED_DATA``
+    when set), so the same configs run wherever the shared data lives.
     """
     path = Path(os.path.expanduser(root))
     if path.is_absolute():
         return path
-    shared = os.environ.get("CRS_SHARED_DATA")
-    if shared and path.parts[: len(SHARED_PREFIX)] == SHARED_PREFIX:
-        return Path(shared).joinpath(*path.parts[len(SHARED_PREFIX):])
-    return Path.cwd() / path
+    return in_shared_folder(path) or Path.cwd() / path
 
 
 def data_file(root: Path, name: str, config_key: str) -> Path:

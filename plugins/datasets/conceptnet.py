@@ -17,9 +17,9 @@ from crs.data.readers import OnError, RecordError, SkipLog, check_on_error, pars
 from crs.errors import DataError
 from crs.interfaces import BuildDeps, KnowledgeSource
 from crs.knowledge import WORD, KnowledgeGraph
+from crs.labels import word_label
 
 from .common import config_file
-from .labels import word_label
 
 
 def _word(token: str) -> str:

@@ -5,7 +5,7 @@ UniCRS's INSPIRED graph (`unicrs_dbpedia`) is read by the generic `kg_json` read
 
 Node names are the URIs exactly as the id files spell them (``<http://dbpedia.org/
 resource/Tom_Hanks>``), so a dataset's ``Item.entity`` matches a node by name.
-``labels`` map each node to :func:`~crs.plugins.datasets.labels.uri_label` for the
+``labels`` map each node to :func:`~crs.labels.uri_label` for the
 phrase linker.  Edges are returned once, in their stored direction; encoders add
 reverse edges themselves (see :class:`crs.knowledge.KnowledgeGraph`).
 """
@@ -16,48 +16,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-import numpy as np
-
 from crs.data.safe_pickle import load_plain_pickle
-from crs.errors import DataError
+from crs.errors import DataError, clip
 from crs.interfaces import KnowledgeSource
-from crs.knowledge import ENTITY, KnowledgeGraph
+from crs.knowledge import ENTITY, KnowledgeGraph, check_edge_ids
 
 from .common import data_file, resolve_root
-from .labels import uri_label
-
-SELF_LOOP = "self_loop"
-
-
-def nodes_by_id(entity2id: Any, path: Path) -> list[str]:
-    """URIs ordered by their id; the ids must be exactly 0..N-1."""
-    fix = "use the id file released with the graph: {name: id, ...} with the ids 0..N-1"
-    if not isinstance(entity2id, dict):
-        raise DataError(str(path), f"expected a mapping URI -> id, got {type(entity2id).__name__}", fix)
-    nodes = [""] * len(entity2id)
-    for uri, ident in entity2id.items():
-        if not _is_id(ident) or not 0 <= ident < len(nodes) or nodes[ident]:
-            raise DataError(str(path), f"entity ids must be the distinct integers 0..{len(nodes) - 1}; "
-                                       f"'{uri}' has id {ident!r}", "use the id file released with the graph")
-        nodes[ident] = str(uri)
-    return nodes
-
-
-def _graph(nodes: list[str], relations: list[str], edges: list[tuple[int, int, int]]) -> KnowledgeGraph:
-    triples = np.asarray(edges, dtype=np.int64).reshape(-1, 3)
-    return KnowledgeGraph(role=ENTITY, nodes=nodes, relations=relations,
-                          heads=triples[:, 0], relation_ids=triples[:, 1], tails=triples[:, 2],
-                          labels={uri: [label] for uri in nodes if (label := uri_label(uri))})
-
-
-def _is_id(value: Any) -> bool:
-    """An integer id as the pickles store them (bool is an int to Python, but never an id)."""
-    return isinstance(value, int) and not isinstance(value, bool)
+from .graph_files import SELF_LOOP, as_id, labelled_graph, nodes_by_id
 
 
 def _shown(value: Any) -> str:
-    text = repr(value)
-    return f"{text[:57]}... ({type(value).__name__})" if len(text) > 60 else f"{text} ({type(value).__name__})"
+    return f"{clip(repr(value), 60)} ({type(value).__name__})"
 
 
 class KGSFDBpedia(KnowledgeSource):
@@ -112,34 +81,30 @@ class KGSFDBpedia(KnowledgeSource):
         if SELF_LOOP in rel_index:
             edges += [(n, rel_index[SELF_LOOP], n) for n in range(len(nodes))]
         names = [SELF_LOOP if rel == SELF_LOOP else f"dbpedia:{rel}" for rel in kept]
-        return _graph(nodes, names, edges)
+        return labelled_graph(ENTITY, nodes, names, edges)
 
     def _stored_edges(self, subkg: Any, n_nodes: int, path: Path) -> list[tuple[int, int, int]]:
         fix = "use the subkg.pkl released with KGSF: {head entity id: [(relation id, tail entity id), ...]}"
         if not isinstance(subkg, dict):
             raise DataError(str(path),
                             f"expected a mapping head id -> [(relation, tail), ...], got {type(subkg).__name__}", fix)
-        for head, pairs in subkg.items():  # checked before sorting: ids of mixed types cannot be sorted
-            if not _is_id(head):
+        stored = []
+        for head, pairs in subkg.items():
+            if as_id(head) is None:
                 raise DataError(str(path), f"head {head!r} is a {type(head).__name__}, not an integer entity id", fix)
             if not isinstance(pairs, (list, tuple)):
                 raise DataError(str(path), f"head {head}: expected a list of (relation, tail) pairs, got "
                                            f"{_shown(pairs)}", fix)
             for pair in pairs:
-                if not (isinstance(pair, (tuple, list)) and len(pair) == 2 and all(_is_id(x) for x in pair)):
+                if not (isinstance(pair, (tuple, list)) and len(pair) == 2 and all(as_id(x) is not None for x in pair)):
                     raise DataError(str(path), f"head {head}: expected (relation id, tail id) pairs of integers, "
                                                f"got {_shown(pair)}", fix)
-        edges = []
-        for head in sorted(subkg):
-            for pair in subkg[head]:
-                rel, tail = pair
-                if not (0 <= head < n_nodes and 0 <= tail < n_nodes):
-                    raise DataError(str(path), f"edge ({head}, {rel}, {tail}) names an entity outside 0..{n_nodes - 1}",
-                                    "the graph and entity2id files must come from the same release")
-                if head == tail or rel == self.config.reserved_self_loop_relation:
-                    continue
-                edges.append((int(head), int(rel), int(tail)))
-        return edges
+                stored.append((head, pair[0], pair[1]))
+        stored.sort(key=lambda edge: edge[0])  # heads in id order (KGSF's); each head's pairs keep theirs
+        check_edge_ids(str(path), stored, n_nodes, None,
+                       "the graph and entity2id files must come from the same release")
+        reserved = self.config.reserved_self_loop_relation
+        return [(head, rel, tail) for head, rel, tail in stored if head != tail and rel != reserved]
 
     @staticmethod
     def _check_movies(path: Path, n_nodes: int) -> None:

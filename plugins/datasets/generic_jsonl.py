@@ -59,9 +59,10 @@ FORMATS = typing.get_args(Format)
 Speaker = Literal["seeker", "recommender"]  # crs.data.schema.ROLES (a test checks they agree)
 _MISSING = object()
 # optional fields per format (a mapping that matches no record of a file is reported as misspelt)
+_TURN_OPTIONAL = ("user_id", "turn_index", "items", "entities", "recommended")
 _OPTIONAL = {
-    "conversation_per_line": ("user_id", "turn_index", "items", "entities", "recommended"),
-    "turn_per_line": ("user_id", "turn_index", "items", "entities", "recommended"),
+    "conversation_per_line": _TURN_OPTIONAL,
+    "turn_per_line": _TURN_OPTIONAL,
     "sample_per_line": ("conversation_id", "user_id", "items", "entities", "recommended"),
 }
 

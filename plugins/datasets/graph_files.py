@@ -36,19 +36,44 @@ from crs.data.readers import (
     parse_lines,
     read_json,
 )
-from crs.errors import ConfigError, DataError, check_choice
+from crs.errors import ConfigError, DataError, check_choice, clip
 from crs.interfaces import BuildDeps, KnowledgeSource
-from crs.knowledge import ENTITY, WORD, KnowledgeGraph
+from crs.knowledge import ENTITY, WORD, KnowledgeGraph, check_edge_ids
+from crs.labels import uri_label, word_label
 
 from .common import config_file, data_file, resolve_root
-from .dbpedia import SELF_LOOP, nodes_by_id
-from .labels import uri_label, word_label
 
 TripleFormat = Literal["auto", "tsv", "jsonl"]
 TRIPLE_FORMATS = typing.get_args(TripleFormat)
 GraphRole = Literal["entity", "word"]  # crs.knowledge.ENTITY, WORD (a test checks they agree)
 _ROLES = (ENTITY, WORD)
 _PARTS = ("head", "relation", "tail")
+SELF_LOOP = "self_loop"  # the relation name of self-loop edges (UniCRS's release; KGSF's when added)
+
+
+def as_id(value: Any, *, digits: bool = False) -> Optional[int]:
+    """`value` as an integer id: an int (a bool is an int to Python, but never an id) or, with `digits`,
+    a digit string (JSON object keys); None for anything else (floats included)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if digits and isinstance(value, str) and value.strip().isdigit():
+        return int(value)
+    return None
+
+
+def nodes_by_id(entity2id: Any, path: Path) -> list[str]:
+    """Names ordered by their id; the ids must be exactly 0..N-1."""
+    fix = "use the id file released with the graph: {name: id, ...} with the ids 0..N-1"
+    if not isinstance(entity2id, dict):
+        raise DataError(str(path), f"expected a mapping URI -> id, got {type(entity2id).__name__}", fix)
+    nodes = [""] * len(entity2id)
+    for uri, ident in entity2id.items():
+        index = as_id(ident)
+        if index is None or not 0 <= index < len(nodes) or nodes[index]:
+            raise DataError(str(path), f"entity ids must be the distinct integers 0..{len(nodes) - 1}; "
+                                       f"'{uri}' has id {ident!r}", "use the id file released with the graph")
+        nodes[index] = str(uri)
+    return nodes
 
 
 def labelled_graph(role: str, nodes: list[str], relations: list[str],
@@ -99,31 +124,19 @@ class KGJson(KnowledgeSource):
             raise DataError(str(path), f"expected {shape}, got {json_type(kg)}", fix)
         edges = []
         for head_key, pairs in kg.items():
-            head = _index(head_key)
+            head = as_id(head_key, digits=True)
             if head is None or not isinstance(pairs, list):
                 raise DataError(str(path), f"head '{head_key}': expected {shape}", fix)
             for pair in pairs:
-                rel, tail = (_index(pair[0]), _index(pair[1])) if isinstance(pair, list) and len(pair) == 2 else (
-                    None, None)
+                rel, tail = (as_id(pair[0], digits=True), as_id(pair[1], digits=True)) \
+                    if isinstance(pair, list) and len(pair) == 2 else (None, None)
                 if rel is None or tail is None:
                     raise DataError(str(path), f"head '{head_key}': expected [relation id, tail id] pairs, got "
-                                               f"{json.dumps(pair)[:60]}", fix)
-                if not (0 <= head < n_nodes and 0 <= tail < n_nodes and 0 <= rel < n_relations):
-                    raise DataError(str(path), f"edge ({head}, {rel}, {tail}) is outside the id ranges "
-                                               f"(nodes 0..{n_nodes - 1}, relations 0..{n_relations - 1})",
-                                    f"`{self.path}.kg`, `.entity2id` and `.relation2id` must come from the same "
-                                    "release")
+                                               f"{clip(json.dumps(pair), 60, marker='')}", fix)
                 edges.append((head, rel, tail))
+        check_edge_ids(str(path), edges, n_nodes, n_relations,
+                       f"`{self.path}.kg`, `.entity2id` and `.relation2id` must come from the same release")
         return edges
-
-
-def _index(value: Any) -> Optional[int]:
-    """An id written as an integer or a digit string; None for anything else (booleans and floats included)."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.strip().isdigit():
-        return int(value)
-    return None
 
 
 class UniCRSDBpedia(KGJson):

@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Literal, Optional
 
+from crs.data.build import whole_word_pattern
 from crs.data.schema import RECOMMENDER, SEEKER, Conversation, Mention, Turn
 from crs.labels import uri_label
 
@@ -75,22 +76,12 @@ class _Dialogue:
 
 
 @lru_cache(maxsize=65536)
-def _pattern(surface: str) -> re.Pattern:
-    return re.compile(rf"(?<!\w){re.escape(surface)}(?!\w)", re.IGNORECASE)
-
-
-@lru_cache(maxsize=65536)
 def _surfaces(ident: str, text: str) -> tuple[tuple[str, str], ...]:
     forms = [text, ident, ident.replace("_", " ")]
     if ident.startswith("<") or "/" in ident:
         forms.append(uri_label(ident))
     return tuple((form, form.casefold()) for form in dict.fromkeys(f.strip() for f in forms)
                  if form and _LETTER.search(form))
-
-
-def surfaces(mention: Mention) -> list[str]:
-    """The words a turn may name `mention` by (see the module docstring), most specific first."""
-    return [form for form, _folded in _surfaces(mention.id, mention.text)]
 
 
 def named_in(text: str, mention: Mention, folded: Optional[str] = None) -> Optional[str]:
@@ -100,24 +91,18 @@ def named_in(text: str, mention: Mention, folded: Optional[str] = None) -> Optio
     """
     folded = text.casefold() if folded is None else folded
     for surface, surface_folded in _surfaces(mention.id, mention.text):
-        if surface_folded not in folded:
+        if surface_folded not in folded:  # the cheap test first: most surfaces are not in most turns
             continue
         if len(folded) != len(text):  # casefolding changed the length ("ß" -> "ss"): positions differ
-            found = _pattern(surface).search(text)
+            found = whole_word_pattern(surface).search(text)
             if found:
                 return found.group(0)
             continue
-        start = folded.find(surface_folded)
-        while start >= 0:  # whole words only, as the regex (?<!\w)surface(?!\w) would say, without compiling it
-            end = start + len(surface_folded)
-            if not (start and _word_char(folded[start - 1])) and not (end < len(folded) and _word_char(folded[end])):
-                return text[start:end]
-            start = folded.find(surface_folded, start + 1)
+        # same positions in `text` and `folded`: the casefolded match gives the words as written
+        found = whole_word_pattern(surface_folded, ignore_case=False).search(folded)
+        if found:
+            return text[found.start():found.end()]
     return None
-
-
-def _word_char(char: str) -> bool:
-    return char.isalnum() or char == "_"
 
 
 class DialogueAssembler:
