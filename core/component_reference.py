@@ -29,7 +29,7 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator
 
-from .config.reference import KeyInfo, config_keys
+from .config.reference import KeyInfo, config_keys, key_line
 from .hookspecs import KINDS
 from .kinds import MODEL_KINDS
 
@@ -185,7 +185,7 @@ def format_text(doc: ComponentDoc, indent: str = "  ") -> str:
     """The terminal block: ``name  [plugin]  description``, one line per key, one per port."""
     lines = [f"{indent}{doc.name}  [{doc.plugin}]  {doc.description}".rstrip()]
     inner = indent + "    "
-    lines += [f"{inner}{_key_text(key)}" for key in doc.keys]
+    lines += [f"{inner}{key_line(key)}" for key in doc.keys]
     if doc.ports_error:
         lines.append(f"{inner}ports: unknown, it does not build from its defaults on crs.testing's tiny world "
                      f"({doc.ports_error})")
@@ -199,18 +199,12 @@ def format_text(doc: ComponentDoc, indent: str = "  ") -> str:
     return "\n".join(lines)
 
 
-def _key_text(key: KeyInfo) -> str:
-    default = " (required)" if key.required else f" = {key.default!r}"
-    return f"{key.key}: {key.type}{default}" + (f"  # {key.help}" if key.help else "")
-
-
 # --------------------------------------------------------------- markdown
 def markdown(registry: Any, names: Iterable[str] | None = None, *, title: str = "Components") -> str:
     """The whole reference as Markdown: components by kind, batch fields, pipeline settings.
 
     :param names: components to include (default: every registered one); kinds keep their order.
     """
-    from .config.reference import settings_reference  # noqa: F401 - the same keys, as a table below
     from .config.spec import PipelineSpec
     from .data.fields import field_table
 

@@ -34,12 +34,24 @@ from typing import Any, Iterator
 
 from .errors import ConfigError
 
-__all__ = ["LOCK_FILE", "RUN_FILES", "RunLock", "claim", "holds_run", "refuse_existing_run", "clear_run"]
+__all__ = ["LOCK_FILE", "RUN_FILES", "CONFIG_FILE", "CHECKPOINT_FILE", "BEST_FILE", "METRICS_FILE", "HISTORY_FILE",
+           "REPORT_NAME", "RANKINGS_NAME", "GENERATIONS_NAME", "RunLock", "claim", "holds_run",
+           "refuse_existing_run", "clear_run"]
 
 LOCK_FILE = ".crs.lock"
+# The names of the files a run writes, defined here (a module without torch) for every module that reads or
+# writes them: the trainer, the checkpoint and report writers, crs.serving and this module.
+CONFIG_FILE = "config.yaml"  # the resolved config
+CHECKPOINT_FILE = "checkpoint.pt"  # crs.training.checkpoint
+BEST_FILE = "best.pt"  # the best-on-valid model of the latest stage with early stopping
+METRICS_FILE = "metrics.jsonl"  # crs.training.run_log
+HISTORY_FILE = "history.json"  # what Trainer.fit returns
+REPORT_NAME = "report.json"  # crs.evaluation.report
+RANKINGS_NAME = "rankings.jsonl"
+GENERATIONS_NAME = "generations.jsonl"
 # Everything a run (and `crs eval` under it) writes into its folder; --overwrite removes these and nothing else.
-RUN_FILES = ("config.yaml", "checkpoint.pt", "best.pt", "metrics.jsonl", "history.json", "report.json",
-             "rankings.jsonl", "generations.jsonl")
+RUN_FILES = (CONFIG_FILE, CHECKPOINT_FILE, BEST_FILE, METRICS_FILE, HISTORY_FILE, REPORT_NAME, RANKINGS_NAME,
+             GENERATIONS_NAME)
 RUN_FOLDERS = ("tensorboard", "eval")
 STALE_EMPTY_LOCK_S = 60  # pid lock files only: an empty one this old was left by a crash between create and write
 log = logging.getLogger("crs.run")
@@ -206,9 +218,9 @@ def _alive(holder: dict[str, Any]) -> bool:
 def holds_run(folder: str | os.PathLike) -> str | None:
     """What `folder` holds that a new run would replace: "finished", "unfinished", or None."""
     folder = Path(folder)
-    if (folder / "report.json").exists():
+    if (folder / REPORT_NAME).exists():
         return "finished"
-    if (folder / "checkpoint.pt").exists():
+    if (folder / CHECKPOINT_FILE).exists():
         return "unfinished"
     return None
 
@@ -276,7 +288,7 @@ def claim(folder: str | os.PathLike, *, create: bool = True) -> Iterator[RunLock
         yield lock
     except BaseException:
         lock.release()
-        if not (folder / "checkpoint.pt").exists():
+        if not (folder / CHECKPOINT_FILE).exists():
             _remove_created(created)
         raise
     lock.release()

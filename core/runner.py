@@ -72,7 +72,7 @@ def _run_in_folder(registry, spec, resolved: dict, *, resume: bool, overwrite: b
     from .evaluation import evaluate
     from .io import atomic_write_text
     from .pipeline import build_pipeline
-    from .run_folder import claim, clear_run, refuse_existing_run
+    from .run_folder import CONFIG_FILE, claim, clear_run, refuse_existing_run
     from .training.checkpoint import check_resumable, comparable_config
     from .training.seeding import seed_everything
     from .training.trainer import Trainer
@@ -81,8 +81,9 @@ def _run_in_folder(registry, spec, resolved: dict, *, resume: bool, overwrite: b
     check_shared_data(spec, registry)  # before a folder exists: a missing corpus leaves nothing behind
     with claim(out):
         refuse_existing_run(out, resume=resume, overwrite=overwrite)
-        if resume:  # a damaged checkpoint or another config: refused before the (slow) loading, nothing written
-            check_resumable(out, comparable_config(resolved))
+        # A damaged checkpoint or another config: refused before the (slow) loading, nothing written.  The checked
+        # checkpoint goes to the trainer, which would otherwise read, hash and compare it all over again.
+        checkpoint = check_resumable(out, comparable_config(resolved)) if resume else None
         if spec.threads:
             torch.set_num_threads(spec.threads)
         seed_everything(spec.seed)
@@ -96,10 +97,11 @@ def _run_in_folder(registry, spec, resolved: dict, *, resume: bool, overwrite: b
             removed = clear_run(out)
             if removed:
                 log.info("--overwrite: removed the previous run's %s from %s", ", ".join(removed), out)
-        atomic_write_text(out / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
+        atomic_write_text(out / CONFIG_FILE, yaml.safe_dump(resolved, sort_keys=False))
 
         t0 = time.perf_counter()
-        trainer = Trainer(pipeline, out, resume=resume, progress=progress)
+        trainer = Trainer(pipeline, out, resume=resume, progress=progress, checkpoint=checkpoint)
+        del checkpoint  # the trainer's now, and dropped once loaded: not kept in memory through the evaluation
         history = trainer.fit()
         train_s = time.perf_counter() - t0
         throughput = {stage: {**{k: round(v, 3) for k, v in t.items()},
@@ -160,13 +162,11 @@ def write_evaluation(out: Path, results, resolved: dict, extra: dict) -> Path:
 
     report.json goes last: a folder with a report also holds the per-sample files of that evaluation.
     """
-    from .evaluation import format_table, write_rankings, write_report
-    from .evaluation.report import write_generations
+    from .evaluation import format_table, write_generations, write_rankings, write_report
 
     print(format_table(results), flush=True)
     write_rankings(out, results.rankings)
-    # `generations` arrives with the evaluator's per-sample generation records; until then, an empty file.
-    write_generations(out, getattr(results, "generations", None) or [])
+    write_generations(out, results.generations)
     return write_report(out, results, resolved_config=resolved, extra=extra)
 
 

@@ -3,7 +3,6 @@ keys, dims); whole descriptions; a component that does not build still listed; d
 from __future__ import annotations
 
 import re
-import sys
 import types
 import typing
 from dataclasses import dataclass, field
@@ -183,44 +182,51 @@ def _components_with_key(key: str, module_name: str) -> list[str]:
     return found
 
 
-CHOICE_CHECK = re.compile(r"check_choice\(\s*config\.([\w.]+)\s*,")
+def test_every_builtin_choice_is_checked_with_the_config(registry):
+    """Every built-in key with allowed values (a Literal) refuses a misspelt one when its node is checked, before
+    anything is built, naming the key: the one guard (components do not check their choices again)."""
+    from crs.errors import ConfigError
 
-
-def test_every_builtin_choice_check_is_a_literal_shown_by_crs_components():
-    """A built-in key validated with check_choice shows its allowed values: its annotation is a Literal."""
-    from crs.plugin_manager import get_plugin_manager
-    from crs.registry import Registry
-
-    registry = Registry.from_plugin_manager(get_plugin_manager())
-    checked, missing = 0, []
+    checked = []
     for name in registry.names():
         info = registry.get(name)
         if info.plugin not in crs.plugin_manager.DEFAULT_PLUGINS:
             continue
-        source = Path(sys.modules[info.cls.__module__].__file__).read_text(encoding="utf-8")
-        keys = {k.key: k for k in config_keys(info.cls.Config)}
-        for key in CHOICE_CHECK.findall(source):
-            if key in keys:
-                checked += 1
-                if not keys[key].choices:
-                    missing.append(f"{name}.{key}")
-    assert not missing, f"validated with check_choice but not annotated as a Literal: {', '.join(missing)}"
-    assert checked >= 10  # bias_init, split.order/single/unit, item_set, format, role, last_speaker, ...
+        keys = config_keys(info.cls.Config)
+        required = {key.key: "x" for key in keys if key.required}  # every required built-in key is a str
+        for key in keys:
+            if not key.choices or not all(isinstance(choice, str) for choice in key.choices):
+                continue
+            node: dict = {"type": name, **required}
+            *parents, last = key.key.split(".")
+            place = node
+            for parent in parents:
+                place = place.setdefault(parent, {})
+            place[last] = key.choices[-1] + "x"
+            with pytest.raises(ConfigError) as err:
+                registry.check_node(info.kind, node, "slot")
+            assert err.value.path == f"slot.{key.key}", str(err.value)
+            assert f"which is not a valid choice. Did you mean '{key.choices[-1]}'?" in str(err.value)
+            assert f"use one of: {', '.join(key.choices)}" in str(err.value)
+            checked.append(f"{name}.{key.key}")
+    assert {"dot_product.bias_init", "user_adapt.split.order", "user_adapt.split.single", "user_adapt.split.unit",
+            "crslab.candidates", "bleu.mode", "bleu.weights", "unicrs_jsonl.item_set", "jsonl.format",
+            "jsonl.last_speaker", "jsonl.pooled_mentions", "kg_triples.format", "kg_triples.role",
+            "redial.on_error", "conceptnet_edges.on_error"} <= set(checked)
 
 
 def test_builtin_choice_tuples_match_their_literals():
-    from crs.data import readers, tasks
+    from crs.data import tasks
     from crs.data.schema import ROLES
+    from crs.knowledge import ENTITY, WORD
     from crs.plugins.datasets import generic_jsonl, graph_files
-    from crs.plugins.kgsf import graph_common, recommender, rgcn
-    from crs.plugins.metrics import protocols
+    from crs.plugins.kgsf import graph_common, rgcn
 
     assert tuple(graph_common.ACTIVATIONS) == typing.get_args(graph_common.Activation)
-    assert graph_files._ROLES == typing.get_args(graph_files.GraphRole)
-    assert readers.ON_ERROR_CHOICES == ("raise", "skip")
+    assert typing.get_args(graph_files.GraphRole) == (ENTITY, WORD)
     assert typing.get_args(generic_jsonl.Speaker) == ROLES
-    assert recommender.BIAS_INITS == ("zero", "popularity") and rgcn.AGGREGATIONS == ("mean", "sum")
-    assert tasks.UNITS == ("user", "conversation") and protocols.CANDIDATE_SETS == ("all",)
+    assert rgcn.AGGREGATIONS == ("mean", "sum")
+    assert tasks.UNITS == ("user", "conversation")
 
 
 def test_a_misspelt_choice_is_caught_when_the_config_is_checked(registry):

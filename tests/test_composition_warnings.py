@@ -14,6 +14,7 @@ from crs.errors import ConfigError
 from crs.interfaces import Port
 from crs.pipeline.wiring import SlotWiring, Wiring
 from crs.shared import SharedRef
+from crs.training.run_log import console
 from crs.training.stage import plan_stage, resolve_objectives, untouched_slots
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,16 +27,17 @@ def _warnings(caplog, logger: str) -> list[str]:
 
 
 # ------------------------------------------------------------------ type changes
-def test_a_file_changing_a_type_names_the_dropped_keys(tmp_path, caplog):
+def test_a_file_changing_a_type_names_the_dropped_keys(tmp_path, caplog, capsys):
     run = tmp_path / "swap.yaml"
     run.write_text("preset: kgsf\ndata: demo\nmodel:\n  recommender: {type: popularity}\n"
                    "  mim: {type: mim, word_dim: 128}\n")  # same type: merged, nothing dropped
-    with caplog.at_level(logging.WARNING, logger="crs.config"):
+    with caplog.at_level(logging.WARNING, logger="crs.config"), console():
         spec, _ = load_config(str(run))
     assert spec.model["recommender"] == {"type": "popularity"}
-    assert _warnings(caplog, "crs.config") == [
-        f"warning: model.recommender changes type from 'dot_product' to 'popularity' ({run}), so these keys of the "
-        "old node are dropped: dim; set them again under the new node if it should keep them"]
+    message = (f"model.recommender changes type from 'dot_product' to 'popularity' ({run}), so these keys of the "
+               "old node are dropped: dim; set them again under the new node if it should keep them")
+    assert _warnings(caplog, "crs.config") == [message]
+    assert capsys.readouterr().err == f"warning: {message}\n"  # one prefix on the console: the console handler's
 
 
 def test_overrides_changing_or_replacing_a_node_name_the_dropped_keys(caplog):
@@ -46,10 +48,10 @@ def test_overrides_changing_or_replacing_a_node_name_the_dropped_keys(caplog):
     assert spec.model["mim"] == {"type": "mim"}
     messages = _warnings(caplog, "crs.config")
     assert len(messages) == 3
-    assert messages[0].startswith("warning: model.user changes type from 'gate' to 'self_attention_pool' "
+    assert messages[0].startswith("model.user changes type from 'gate' to 'self_attention_pool' "
                                   "(override 'model.user.type=self_attention_pool'), so these keys of the old "
                                   "node are dropped: dim;")
-    assert messages[1].startswith("warning: model.mim is replaced by a bare 'mim' node (override 'model.mim=mim'), "
+    assert messages[1].startswith("model.mim is replaced by a bare 'mim' node (override 'model.mim=mim'), "
                                   "so these keys of the old node are dropped: word_dim, entity_dim;")
     assert "model.generator changes type from 'kgsf_decoder' to 'transformer'" in messages[2]
     assert "dropped: dim, heads, ffn_dim, word_dim, entity_dim;" in messages[2]  # `layers` is set again
@@ -111,7 +113,7 @@ def test_untouched_slots_follow_the_objectives_plan():
     assert untouched_slots(model, ["encoder", "aux"], {"loss.aux": 1.0}) == []
 
 
-def test_a_stage_training_slots_no_objective_uses_warns(registry, tmp_path, caplog):
+def test_a_stage_training_slots_no_objective_uses_warns(registry, tmp_path, caplog, capsys):
     from crs.pipeline import build_pipeline
 
     spec, resolved = load_config(None, ["preset=kgsf", "data=demo", *SMALL_DEMO, f"run_dir={tmp_path}"],
@@ -123,8 +125,11 @@ def test_a_stage_training_slots_no_objective_uses_warns(registry, tmp_path, capl
         assert _warnings(caplog, "crs.training") == []
         pretrain = spec.stages[0]
         pretrain.train = [*pretrain.train, "user", "recommender"]
-        plan_stage(pipeline, pretrain, 0)
-    assert _warnings(caplog, "crs.training") == [
-        "warning: stages.0.train: stage 'pretrain' trains user, recommender, but none of its objectives (mim) uses "
-        "their outputs, so the stage does not change them; drop them from `train:` or add an objective that needs "
-        "them"]
+        capsys.readouterr()
+        with console():
+            plan_stage(pipeline, pretrain, 0)
+    message = ("stages.0.train: stage 'pretrain' trains user, recommender, but none of its objectives (mim) uses "
+               "their outputs, so the stage does not change them; drop them from `train:` or add an objective that "
+               "needs them")
+    assert _warnings(caplog, "crs.training") == [message]
+    assert capsys.readouterr().err == f"warning: {message}\n"  # one prefix on the console: the console handler's

@@ -70,18 +70,16 @@ def test_starting_over_in_a_used_folder_hints_with_the_cli_flag(tmp_path, caplog
 
 
 def test_warnings_and_lines_stay_in_order_in_a_log_file(tmp_path) -> None:
-    # run_log.py is loaded on its own (it needs neither torch nor the rest of crs): a fast child process
-    script = textwrap.dedent(f"""
-        import importlib.util, logging
-        spec = importlib.util.spec_from_file_location("run_log", {str(ROOT / "core/training/run_log.py")!r})
-        run_log = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(run_log)
+    # a child process, so that its stdout is a real file with the buffering a user's shell gives it
+    script = textwrap.dedent("""
+        import logging
+        from crs.training import run_log
         run_log.setup_console(debug=False)
         print("[crs] header")  # not flushed: a log file's stdout is block-buffered
         logging.getLogger("crs.data").warning("12 lines skipped")
         logging.getLogger("crs.training").info("rec 1/2  loss.rec 1.00  0.1s")
         print("table")
-        logging.getLogger("crs.pipeline").debug("pipeline built: {{'load_data_s': 1.0}}")
+        logging.getLogger("crs.pipeline").debug("pipeline built: {'load_data_s': 1.0}")
     """)
     log_file = tmp_path / "run.log"
     with log_file.open("w") as handle:

@@ -71,9 +71,9 @@ def test_parallel_list_mismatch(root):
         _load(root, on_error="raise")
 
 
-def test_bad_item_set_is_config_error(root):
+def test_bad_item_set_is_config_error(registry):
     with pytest.raises(ConfigError, match="data.item_set"):
-        UniCRSJsonlDataset(UniCRSJsonlDataset.Config(item_set="all"), BuildDeps(path="data"))
+        registry.build("dataset", {"type": "unicrs_jsonl", "item_set": "all"}, "data")
 
 
 @pytest.fixture(scope="module")

@@ -95,9 +95,9 @@ def test_malformed_line_raises_with_file_and_line(root):
     assert "fix:" in str(err.value)
 
 
-def test_config_errors_and_missing_files(root):
+def test_config_errors_and_missing_files(root, registry):
     with pytest.raises(ConfigError, match="data.on_error"):
-        _dataset(root, on_error="ignore")
+        registry.build("dataset", {"type": "redial", "root": str(root), "on_error": "ignore"}, "data")
     with pytest.raises(DataError, match="data.test"):
         _dataset(root, test="absent.jsonl").load()
 

@@ -107,8 +107,20 @@ def test_eval_under_another_split_and_protocols_matches_evaluate_on_the_rebuilt_
 def test_every_evaluation_writes_generations_beside_rankings(trained):
     counts = _json(trained / "report.json")["sample_counts"]["crslab-v1"]
     records = _lines(trained / GENERATIONS_NAME)
-    # empty until evaluate() returns its per-sample generations; then one line per generated reply
-    assert records == [] or (len(records) == counts["gen"] and set(records[0]) == GENERATION_KEYS)
+    assert counts["gen"] > 0 and len(records) == counts["gen"]  # one line per generated reply
+    assert all(set(record) == GENERATION_KEYS for record in records)
+
+
+def test_resume_reads_the_checkpoint_once(trained, copy_of, monkeypatch, capsys):
+    from crs.training import checkpoint as checkpoint_module
+
+    run_dir = copy_of("config.yaml", "checkpoint.pt")  # a finished run without its report: --resume evaluates it
+    read, reads = checkpoint_module._read_verified, []
+    monkeypatch.setattr(checkpoint_module, "_read_verified",
+                        lambda path, what: reads.append(path.name) or read(path, what))
+    assert run(str(ROOT / "examples/baseline.yaml"), TINY, run_dir=str(run_dir), resume=True, progress=False) == 0
+    assert reads == ["checkpoint.pt"]  # checked before the data loads, then handed to the trainer, not read again
+    assert _json(run_dir / "report.json")["metrics"] == _json(trained / "report.json")["metrics"]
 
 
 def test_write_generations_is_one_json_line_per_sample_and_replaces_the_file(tmp_path):

@@ -176,6 +176,17 @@ def test_max_samples_caps_generation_not_perplexity():
     assert sum(1 for wanted, _ in model.calls if wanted == ("generate",)) == 1
 
 
+def test_generation_records_take_their_scores_from_the_perplexity_pass():
+    # the records' recommended items come from the forward that computes perplexity, not from one more forward
+    model = FakeModel()
+    with_ppl = evaluate(FakePipeline(model, ALL_METRICS, protocols=[{"type": "crslab"}]), "test")
+    assert [wanted for wanted, _ in model.calls][:4] == [("nll_sum", "nll_count", "scores"), ("generate",)] * 2
+    model = FakeModel()
+    without_ppl = evaluate(FakePipeline(model, [{"type": "f1"}], protocols=[{"type": "crslab"}]), "test")
+    assert [wanted for wanted, _ in model.calls][:4] == [("generate",), ("scores",)] * 2  # no pass to share
+    assert len(with_ppl.generations) == 2 and without_ppl.generations == with_ppl.generations
+
+
 def test_generate_false_and_missing_slots():
     results = evaluate(FakePipeline(FakeModel(), ALL_METRICS), "test", generate=False)
     assert "gen.ppl" in results["crslab-v1"] and "gen.f1" not in results["crslab-v1"]

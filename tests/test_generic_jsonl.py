@@ -103,7 +103,7 @@ def test_misspelt_optional_field_is_reported(tmp_path):
         _dataset(**options).load()
 
 
-def test_unmapped_role_and_bad_config(tmp_path):
+def test_unmapped_role_and_bad_config(tmp_path, registry):
     options = _invented_corpus(tmp_path)
     options["roles"] = {"0": "seeker"}
     with pytest.raises(DataError, match=r"train.jsonl.gz:1: turn 0 has role 1, which `roles` does not map"):
@@ -111,7 +111,7 @@ def test_unmapped_role_and_bad_config(tmp_path):
     with pytest.raises(ConfigError, match="data.roles.1"):
         _dataset(train="a", test="b", roles={"1": "agent"})
     with pytest.raises(ConfigError, match="data.format"):
-        _dataset(train="a", test="b", format="table")
+        registry.build("dataset", {"type": "jsonl", "train": "a", "test": "b", "format": "table"}, "data")
     with pytest.raises(ConfigError, match="data.fields.speaker"):
         _dataset(train="a", test="b", fields={"speaker": "x"})
 

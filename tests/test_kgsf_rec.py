@@ -102,7 +102,7 @@ def test_item_bias_option(deps):
     assert out.tolist() == [[0.0, 1.0, 2.0, 3.0, 4.0]]
 
 
-def test_popularity_bias_init_ranks_like_popularity_before_training(deps):
+def test_popularity_bias_init_ranks_like_popularity_before_training(deps, registry):
     rec = DotProductRecommender(DotProductRecommender.Config(dim=DIM, item_bias=True, bias_init="popularity"), deps)
     scores = rec({"user": torch.zeros(2, DIM), "entity_nodes": torch.randn(21, DIM)})["scores"]
     # train_counts 3, 0, 1, 7, 2 -> smoothed shares (c + 1) / 18: a distribution, in popularity order
@@ -110,7 +110,8 @@ def test_popularity_bias_init_ranks_like_popularity_before_training(deps):
     assert scores[0].argsort(descending=True).tolist() == [3, 0, 4, 2, 1]
     assert torch.allclose(scores[0, 3].exp(), torch.tensor(8.0 / 18.0))
     with pytest.raises(Exception, match="bias_init"):
-        DotProductRecommender(DotProductRecommender.Config(dim=DIM, item_bias=True, bias_init="zipf"), deps)
+        registry.build("recommender", {"type": "dot_product", "dim": DIM, "item_bias": True, "bias_init": "zipf"},
+                       "model.recommender", deps)
 
 
 def test_frozen_bias_is_a_saved_buffer_that_training_leaves_alone(deps):

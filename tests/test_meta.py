@@ -281,6 +281,18 @@ def test_names_map_between_public_and_model_names():
         meta.to_model_names(model, {"head.w": tensor}, path="strategy.inner")
 
 
+def test_the_name_map_is_built_once_per_model(monkeypatch):
+    model, other = make_model(), make_model(seed=1)
+    walks: list = []
+    walk = nn.Module.named_parameters
+    monkeypatch.setattr(nn.Module, "named_parameters", lambda self, *a, **k: walks.append(self) or walk(self, *a, **k))
+    params = {"head.v": torch.ones(1, D)}
+    for _ in range(3):  # as on every functional forward of an adaptation
+        assert meta.to_model_names(model, params) == {"slots.head.v": params["head.v"]}
+    assert meta.to_model_names(other, params) == {"slots.head.v": params["head.v"]}
+    assert [m for m in walks if m is model or m is other] == [model, other]  # once per model, not per call
+
+
 def test_select_params_globs_and_typos():
     named = {"generator.encoder.layer.0.w": 1, "generator.decoder.w": 2, "style.styles": 3, "user.emb": 4}
     assert list(meta.select_params(named, ["generator.encoder.*", "style.styles"])) == [

@@ -9,7 +9,7 @@ import torch
 
 import crs.hookspecs
 from crs.errors import ConfigError
-from crs.evaluation.ranking import GAINS, apply_candidate_mask, rank_targets, target_ranks
+from crs.evaluation.ranking import GAINS, apply_candidate_mask, rank_targets
 from crs.interfaces import BuildDeps, Metric
 from crs.plugins import metrics as metrics_plugin
 from crs.plugins.metrics.conversation import BLEU, F1, Dist, ItemRatio, Perplexity
@@ -31,14 +31,14 @@ SCORES = torch.tensor([
 TARGETS = torch.tensor([2, 2, 1])
 
 
-def test_target_ranks_ties_and_excluded_candidates():
+def test_rank_targets_ties_and_excluded_candidates():
     ranks, ties = rank_targets(SCORES, TARGETS)
     assert ranks.tolist() == [1.5, 3.0, 2.5] and ties.tolist() == [1.0, 0.0, 3.0]
-    assert target_ranks(SCORES, TARGETS).tolist() == [1.5, 3.0, 2.5]
+    assert rank_targets(SCORES, TARGETS).ranks.tolist() == [1.5, 3.0, 2.5]
     # -inf candidates never outrank a target, even one with a very low score
-    assert target_ranks(torch.tensor([[-INF, -5.0, -INF]]), torch.tensor([1])).tolist() == [1.0]
+    assert rank_targets(torch.tensor([[-INF, -5.0, -INF]]), torch.tensor([1])).ranks.tolist() == [1.0]
     # an excluded target (or NaN score) is a miss at every cut-off
-    ranks = target_ranks(torch.tensor([[0.0, -INF], [float("nan"), 1.0]]), torch.tensor([1, 0]))
+    ranks = rank_targets(torch.tensor([[0.0, -INF], [float("nan"), 1.0]]), torch.tensor([1, 0])).ranks
     assert ranks.tolist() == [INF, INF]
     assert rank_targets(torch.tensor([[0.0, -INF, -INF]]), torch.tensor([1])).ties.tolist() == [0.0]
 
@@ -57,9 +57,9 @@ def test_gains_average_over_the_tied_block():
     assert GAINS["mrr"](plain, 10).tolist() == pytest.approx([1.0, 0.25, 0.0, 0.0])
 
 
-def test_target_ranks_rejects_bad_targets():
+def test_rank_targets_rejects_bad_targets():
     with pytest.raises(ValueError):
-        target_ranks(SCORES, torch.tensor([0, 1, 4]))
+        rank_targets(SCORES, torch.tensor([0, 1, 4]))
 
 
 def test_apply_candidate_mask_copies_and_masks():
@@ -164,9 +164,9 @@ def test_bleu_sentence_average_differs_from_corpus():
     assert corpus.compute()["gen.bleu-1"] == pytest.approx(2 / 3)  # 2 of 3 unigrams, equal lengths
 
 
-def test_bleu_bad_mode():
+def test_bleu_bad_mode(registry):
     with pytest.raises(ConfigError, match="mode"):
-        build(BLEU, mode="document")
+        registry.build("metric", {"type": "bleu", "mode": "document"}, "evaluation.metrics.0")
 
 
 def test_f1_parlai_normalisation_hand_example():

@@ -68,6 +68,6 @@ def test_protocol_ids_are_distinct_and_versioned():
     assert len(set(ids)) == 3 and all(i.endswith("-v1") for i in ids)
 
 
-def test_unknown_candidate_set_is_a_config_error():
+def test_unknown_candidate_set_is_a_config_error(registry):
     with pytest.raises(ConfigError, match=r"evaluation\.protocols\.0\.candidates"):
-        build(FreshProtocol, candidates="movies")
+        registry.build("evaluation_protocol", {"type": "fresh", "candidates": "movies"}, "evaluation.protocols.0")

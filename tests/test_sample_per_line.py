@@ -196,10 +196,13 @@ def test_malformed_lines_are_data_errors_naming_file_line_and_mapping_key(tmp_pa
 
 
 def test_bad_options_are_config_errors(tmp_path):
+    registry = Registry.from_plugin_manager(get_plugin_manager())
+    node = {"type": "jsonl", "root": str(tmp_path), "train": "train.jsonl", "test": "test.jsonl",
+            "format": "sample_per_line"}
     with pytest.raises(ConfigError, match="data.last_speaker"):
-        _load(tmp_path, last_speaker="user")
+        registry.build("dataset", {**node, "last_speaker": "user"}, "data")
     with pytest.raises(ConfigError, match="data.pooled_mentions"):
-        _load(tmp_path, pooled_mentions="pooled")
+        registry.build("dataset", {**node, "pooled_mentions": "pooled"}, "data")
 
 
 # --------------------------------------------------------------------------- YAML only

@@ -24,7 +24,7 @@ from crs.training.checkpoint import load_checkpoint, with_checksum
 from crs.training.early_stopping import EarlyStopper
 from crs.training.optim import build_optimizer, norm_parameter_ids, parameter_groups
 from crs.training.precision import Precision, resolve_device
-from crs.training.stage import plan_stage
+from crs.training.stage import check_stage, plan_stage
 
 TESTS_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(TESTS_DIR))  # the shared fake pipeline, whatever pytest's import mode
@@ -153,6 +153,20 @@ def test_bad_groups_are_config_errors_naming_the_key(tmp_path: Path, groups, pat
         assert word in str(caught.value)
 
 
+def test_each_optimizer_and_schedule_number_is_checked_once(tmp_path: Path, monkeypatch) -> None:
+    from crs.training import optim
+
+    paths: list[str] = []
+    check = optim.check_number
+    monkeypatch.setattr(optim, "check_number", lambda value, path, **kw: paths.append(path) or check(value, path, **kw))
+    groups = [ParamGroupSpec(params=["rec.*"], lr=1e-3)]
+    stage = make_stage(epochs=1, optimizer=OptimizerSpec(type="adam", groups=groups),
+                       schedule=ScheduleSpec(type="linear", warmup_epochs=0.5))
+    Trainer(ToyPipeline([stage, make_stage("second", epochs=1)]), tmp_path, progress=False).fit()
+    assert "stages.0.optimizer.groups.0.lr" in paths and "stages.1.schedule.warmup_epochs" in paths
+    assert len(paths) == len(set(paths))  # each key once: before the first stage trains, not again when it starts
+
+
 def test_group_keys_load_from_yaml_shaped_dicts() -> None:
     from crs.config.validate import from_dict
 
@@ -234,7 +248,8 @@ def test_accumulate_must_be_positive(tmp_path: Path) -> None:
 
 # -------------------------------------------------- early stopping on a sum
 def _fake_evaluate(monkeypatch, rows: list[dict[str, float]], calls: list) -> None:
-    def evaluate(pipeline, split, *, protocols=None, generate=True, max_samples=0, progress=False, tasks=None):
+    def evaluate(pipeline, split, *, protocols=None, generate=True, max_samples=0, progress=False, tasks=None,
+                 hooks=True):
         calls.append(tuple(tasks))
         return {"toy-v1": dict(rows[len(calls) - 1])}
 
@@ -279,7 +294,18 @@ def test_unknown_metric_names_in_a_sum_are_clear_errors(tmp_path: Path, monkeypa
 
     for metric, words in (([], "empty"), (["loss", "loss"], "twice")):
         with pytest.raises(ConfigError, match=words):
-            EarlyStopper(EarlyStoppingSpec(metric=metric), "stages.0.early_stopping")
+            check_stage(make_stage(early_stopping=EarlyStoppingSpec(metric=metric)), 0)
+
+
+@pytest.mark.parametrize("metric, path, words", [([], "stages.1.early_stopping.metric", "empty"),
+                                                 (["loss", "loss"], "stages.1.early_stopping.metric.1", "twice")])
+def test_a_bad_metric_list_in_a_later_stage_is_refused_before_the_first_stage_trains(tmp_path: Path, metric, path,
+                                                                                    words) -> None:
+    stages = [make_stage("first"), make_stage("second", early_stopping=EarlyStoppingSpec(metric=metric))]
+    with pytest.raises(ConfigError, match=words) as caught:
+        Trainer(ToyPipeline(stages), tmp_path, progress=False).fit()
+    assert caught.value.path == path
+    assert not (tmp_path / "checkpoint.pt").exists()  # "first" did not train
 
 
 def test_a_sum_across_tasks_asks_the_evaluator_for_both() -> None:
@@ -335,6 +361,19 @@ def test_cuda_without_a_gpu_is_a_config_error(tmp_path: Path, name: str) -> None
         Trainer(pipeline, tmp_path, progress=False)
 
 
+def test_the_trainer_uses_the_device_the_builder_checked(tmp_path: Path, monkeypatch) -> None:
+    import crs.training.trainer as trainer_module
+
+    checked: list = []
+    monkeypatch.setattr(trainer_module, "resolve_device", lambda *args, **kwargs: checked.append(args))
+    pipeline = ToyPipeline([make_stage()])
+    pipeline.device = torch.device("cpu")  # as a built pipeline has it
+    assert Trainer(pipeline, tmp_path, progress=False).device == torch.device("cpu") and checked == []
+    del pipeline.device  # without it (an object with the rest of the pipeline API), the trainer checks spec.device
+    Trainer(pipeline, tmp_path, progress=False)
+    assert checked == [("cpu",)]
+
+
 @pytest.mark.skipif(CUDA, reason="checks the error on a machine without CUDA")
 def test_build_pipeline_checks_the_device_before_loading_data() -> None:
     from crs.pipeline import build_pipeline
@@ -348,6 +387,15 @@ def test_unknown_precision_names_the_stage_key(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         Trainer(ToyPipeline([make_stage(precision="fp8")]), tmp_path, progress=False).fit()
     assert caught.value.path == "stages.0.precision" and "bf16" in str(caught.value)
+
+
+def test_a_misspelt_precision_fails_at_config_check_with_did_you_mean() -> None:
+    from crs.config.validate import from_dict
+
+    data = {"data": {"type": "d"}, "model": {}, "stages": [{"name": "a", "precision": "bf61"}]}
+    with pytest.raises(ConfigError) as caught:
+        from_dict(PipelineSpec, data)
+    assert caught.value.path == "stages.0.precision" and "Did you mean 'bf16'?" in str(caught.value)
 
 
 def test_bf16_on_cpu_autocasts_the_forward_but_not_the_backward(tmp_path: Path) -> None:
@@ -457,15 +505,53 @@ def test_a_resumed_stage_gets_on_train_start_again(tmp_path: Path) -> None:
         "on_train_start", "on_eval_start", "on_eval_end", "on_train_end"]
 
 
-def test_metric_validation_leaves_the_eval_callbacks_to_the_evaluator(tmp_path: Path, monkeypatch) -> None:
-    calls: list = []
-    _fake_evaluate(monkeypatch, [{"rec.recall@10": 0.1}, {"rec.recall@10": 0.2}], calls)
-    pipeline = ToyPipeline([make_stage(epochs=2, early_stopping=EarlyStoppingSpec(metric="rec.recall@10", mode="max"))])
+def test_a_validation_with_report_metrics_is_one_eval_bracket_per_epoch(tmp_path: Path) -> None:
+    # A real pipeline and the real evaluator, which computes the early-stopping metric: its hooks and the trainer's
+    # valid-loss pass share one on_eval_start / on_eval_end pair per epoch.
+    from adapt_toys import make_model, make_pipeline, user_samples
+
+    model, deps = make_model(generator=False)
+    samples = user_samples(deps.vocab)
+    pipeline = make_pipeline(model, deps, samples, batch_size=4)
+    pipeline.samples["train"] = samples
+    stopping = EarlyStoppingSpec(metric="rec.recall@1", mode="max", patience=1)
+    pipeline.spec.stages = [make_stage(epochs=4, batch_size=4, early_stopping=stopping)]
     events: list = []
-    record_events(pipeline.model, events)
-    Trainer(pipeline, tmp_path, progress=False).fit()
-    assert len(calls) == 2
-    assert [event[1] for event in events if event[0] == "encoder"].count("on_eval_start") == 2  # the loss pass only
+    for event in ("on_eval_start", "on_eval_end"):
+        setattr(model.slots["rec"], event,
+                lambda *, _event=event, **context: events.append((_event, context["split"], model.training)))
+    history = Trainer(pipeline, tmp_path, progress=False, tensorboard=False).fit()
+    epochs = len(history["rec"])
+    assert epochs >= 2 and all("rec.recall@1" in record["valid"] for record in history["rec"])
+    assert events == [("on_eval_start", "valid", False), ("on_eval_end", "valid", False)] * epochs
+    assert model.training  # restored after every validation
+
+
+def test_a_checkpoint_the_caller_checked_is_not_read_again(tmp_path: Path, monkeypatch) -> None:
+    from crs.training import checkpoint as checkpoint_module
+
+    whole = ToyPipeline([make_stage(epochs=3)])
+    Trainer(whole, tmp_path / "whole", progress=False).fit()
+    killed = ToyPipeline([make_stage(epochs=3)])
+
+    def die(count: int) -> None:
+        if count == 8:  # epoch 2 (6 batches per epoch)
+            raise SimulatedKill()
+
+    killed.on_train_batch = die
+    with pytest.raises(SimulatedKill):
+        Trainer(killed, tmp_path / "resumed", progress=False).fit()
+    resumed = ToyPipeline([make_stage(epochs=3)])
+    checked = checkpoint_module.check_resumable(tmp_path / "resumed",
+                                                checkpoint_module.comparable_config(resumed.resolved))
+    read, reads = checkpoint_module._read_verified, []
+    monkeypatch.setattr(checkpoint_module, "_read_verified",
+                        lambda path, what: reads.append(path.name) or read(path, what))
+    Trainer(resumed, tmp_path / "resumed", resume=True, progress=False, checkpoint=checked).fit()
+    assert reads == []  # neither read nor hashed a second time
+    assert same_parameters(parameters_of(resumed.model), parameters_of(whole.model))
+    for name in ("history.json", "metrics.jsonl"):
+        assert (tmp_path / "resumed" / name).read_text() == (tmp_path / "whole" / name).read_text()
 
 
 # ----------------------------------------------------------------- checkpoints

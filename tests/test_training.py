@@ -186,7 +186,8 @@ def _install_fake_evaluate(monkeypatch, values: list[float]) -> list[object]:
     """Replace crs.evaluation with a module whose evaluate() returns `values` in turn."""
     calls: list[object] = []
 
-    def evaluate(pipeline, split, *, protocols=None, generate=True, max_samples=0, progress=False, tasks=None):
+    def evaluate(pipeline, split, *, protocols=None, generate=True, max_samples=0, progress=False, tasks=None,
+                 hooks=True):
         assert split == "valid" and generate is False and len(protocols) == 1
         assert tuple(tasks) == ("rec",)  # a rec metric needs no conversation pass
         calls.append(protocols[0])

@@ -426,7 +426,7 @@ def warn_dropped_keys(path: str, old_type: Any, new_type: Any, dropped: list[str
     where = f" ({origin})" if origin else ""
     change = f"changes type from '{old_type}' to '{new_type}'{where}" if old_type != new_type else \
         f"is replaced by a bare '{new_type}' node{where}"
-    log.warning("warning: %s %s, so these keys of the old node are dropped: %s; set them again under the new "
+    log.warning("%s %s, so these keys of the old node are dropped: %s; set them again under the new "
                 "node if it should keep them", path or "a component node", change, ", ".join(dropped))
 
 

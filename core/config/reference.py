@@ -22,7 +22,7 @@ from typing import Any, Literal, Union
 from .spec import PipelineSpec
 from .validate import field_types, type_name
 
-__all__ = ["KeyInfo", "REQUIRED", "config_keys", "literal_choices", "settings_reference"]
+__all__ = ["KeyInfo", "REQUIRED", "config_keys", "key_line", "literal_choices", "settings_reference"]
 
 _FIELD = re.compile(r"^(\s+)(\w+)\s*:[^#]*?(?:(#)\s*(.+))?$")
 _COMMENT_LINE = re.compile(r"^(\s+)#\s*(.+)$")

@@ -66,7 +66,7 @@ class StageSpec:
     strategy: Node = field(default_factory=lambda: {"type": "plain"})
     validate: bool = True  # evaluate on the valid split after each epoch
     accumulate: int = 1  # batches per optimizer step (gradient accumulation)
-    precision: str = "fp32"  # fp32 | bf16 | fp16: autocast for the training forward (fp16 adds a GradScaler)
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast for the training forward (fp16 adds a GradScaler)
 
 
 @dataclass

@@ -13,16 +13,14 @@ from __future__ import annotations
 import gzip
 import io
 import json
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Literal, TextIO, TypeVar
 
-from ..errors import DataError, check_choice, clip
+from ..errors import DataError, clip
 
 T = TypeVar("T")
-OnError = Literal["raise", "skip"]  # the annotation of every `on_error` config key
-ON_ERROR_CHOICES = typing.get_args(OnError)
+OnError = Literal["raise", "skip"]  # the annotation of every `on_error` config key (checked with the config)
 _GZIP_MAGIC = b"\x1f\x8b"
 _MAX_LOGGED = 20  # skipped lines quoted in the report; the count is always complete
 
@@ -51,12 +49,6 @@ class SkipLog:
 
     def as_report(self) -> dict[str, Any]:
         return {"skipped": self.count, "skipped_by_file": dict(self.by_file), "skipped_examples": list(self.examples)}
-
-
-def check_on_error(value: str, path: str) -> str:
-    """Validate an ``on_error`` config value; ConfigError at ``<path>.on_error`` otherwise."""
-    return check_choice(value, ON_ERROR_CHOICES, f"{path}.on_error",
-                        "use 'raise' (stop at the first malformed line) or 'skip' (count and skip it)")
 
 
 def resolve_existing(path: Path | str) -> Path | None:

@@ -59,15 +59,16 @@ exactly as the references are, so hypotheses and references share one tokenizati
 """
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Iterable, Iterator
 
 import torch
 
 from ..data.vocab import detokenize, tokenize
 from ..errors import ConfigError, DataError
-from ..training.callbacks import notify
+from ..training.callbacks import evaluation_hooks
 from .ranking import apply_candidate_mask, rank_targets
 
 EXAMPLES = 5
@@ -120,7 +121,7 @@ class _Group:
 
 def evaluate(pipeline: Any, split: str, *, protocols: Iterable[Any] | None = None, generate: bool = True,
              max_samples: int = 0, progress: bool = False,
-             tasks: Iterable[str] = ("rec", "conv")) -> EvaluationResults:
+             tasks: Iterable[str] = ("rec", "conv"), hooks: bool = True) -> EvaluationResults:
     """Evaluate ``pipeline.model`` on ``pipeline.samples[split]``.
 
     :param protocols: already-built protocol objects; default: every node of
@@ -133,6 +134,9 @@ def evaluate(pipeline: Any, split: str, *, protocols: Iterable[Any] | None = Non
     :param tasks: which parts to run: "rec" (ranking under each protocol) and/or "conv"
         (perplexity and generation). Validation for early stopping on a rec metric
         passes ("rec",) so that no conversation pass runs every epoch.
+    :param hooks: call ``on_eval_start`` / ``on_eval_end`` on the model's components around
+        the evaluation; False when the caller brackets it itself (the trainer's validation, whose
+        one pair also covers its valid-loss pass).
     The model is put in eval mode (then ``on_eval_start`` is called on its components,
     ``on_eval_end`` after) and restored to its previous mode afterwards.
     """
@@ -153,8 +157,7 @@ def evaluate(pipeline: Any, split: str, *, protocols: Iterable[Any] | None = Non
     was_training = model.training
     model.eval()
     try:
-        notify(model, "on_eval_start", split=split, pipeline=pipeline)
-        with torch.no_grad():
+        with evaluation_hooks(model, split, pipeline) if hooks else contextlib.nullcontext(), torch.no_grad():
             conv_metrics = [m for m in metrics if m.task == "nll" or (generate and m.task == "gen")]
             run_conv = model.has_generator and "conv" in tasks
 
@@ -205,7 +208,6 @@ def evaluate(pipeline: Any, split: str, *, protocols: Iterable[Any] | None = Non
                 results[pid] = values
                 results.sample_counts[pid] = counts
     finally:
-        notify(model, "on_eval_end", split=split, pipeline=pipeline)
         model.train(was_training)
     return results
 
@@ -351,20 +353,26 @@ def _conversation_metrics(pipeline: Any, groups: list[_Group], metrics: list[Any
     total = sum(len(g.samples) for g in groups)
     gen_budget = total if max_samples <= 0 else min(max_samples, total)
     generated = 0
-    item_of_token = _item_lookup(pipeline.items) if sink is not None else None
     for group, batch in _bar(_group_batches(pipeline, groups, batch_size), progress, "conv"):
+        generating = bool(gen_metrics) and generated < gen_budget
+        # The generation records list the recommender's top items: scored in the perplexity pass when there is one.
+        wants_scores = generating and sink is not None and model.has_recommender
+        scores = None
         if nll_metrics:
-            state = _run(model, group.params, batch, ["nll_sum", "nll_count"])
+            state = _run(model, group.params, batch, ["nll_sum", "nll_count", *(["scores"] if wants_scores else [])])
             for metric in nll_metrics:
                 metric.update(float(state["nll_sum"]), float(state["nll_count"]))
-        if gen_metrics and generated < gen_budget:
+            scores = state["scores"] if wants_scores else None
+        if generating:
             take = min(gen_budget - generated, batch["batch.response_tokens"].shape[0])
             texts, hyps, refs = _decode_batch(pipeline, batch, max_len, take, group.params)
             for metric in gen_metrics:
                 metric.update(hyps, refs)
             if sink is not None:
+                if wants_scores and scores is None:  # no perplexity pass to score them in
+                    scores = _run(model, group.params, batch, ["scores"])["scores"]
                 _keep_examples(sink.examples, batch, hyps, refs)
-                _keep_generations(sink.generations, pipeline, batch, texts, refs, group.params, item_of_token)
+                _keep_generations(sink.generations, pipeline, batch, texts, refs, scores)
             generated += take
     counts = {"conv": total if nll_metrics else 0, "gen": generated}
     return _collect(metrics, getattr(model, "nll_unit", WORD_UNIT)), counts
@@ -407,11 +415,11 @@ def _keep_examples(examples: list[dict[str, str]], batch: dict, hyps: list[list[
 
 
 def _keep_generations(records: list[dict[str, Any]], pipeline: Any, batch: dict, texts: list[str],
-                      refs: list[list[str]], params: dict | None, item_of_token: Callable[[str], int]) -> None:
-    model, item_ids = pipeline.model, pipeline.items.ids
+                      refs: list[list[str]], scores: torch.Tensor | None) -> None:
+    """One record per reply in `texts`; `scores`: the recommender's scores of the batch (None without one)."""
+    item_ids, item_of_token = pipeline.items.ids, pipeline.items.item_of_token
     recommended: list[list[int]] = [[] for _ in texts]
-    if model.has_recommender:
-        scores = _run(model, params, batch, ["scores"])["scores"]
+    if scores is not None:
         recommended = scores.topk(min(RECOMMENDED_SHOWN, scores.shape[-1]), dim=-1).indices[:len(texts)].tolist()
     samples = batch.get("batch.samples") or []
     for sample, text, ref, top in zip(samples, texts, refs, recommended):
@@ -419,12 +427,3 @@ def _keep_generations(records: list[dict[str, Any]], pipeline: Any, batch: dict,
         records.append({"conv_id": sample.conv_id, "turn": sample.turn_index, "context": list(sample.context_text),
                         "reference": detokenize(ref), "generated": text,
                         "recommended": [item_ids[i] for i in top], "items_in_reply": [item_ids[i] for i in in_reply]})
-
-
-def _item_lookup(items: Any) -> Callable[[str], int]:
-    """token -> item index (-1 when the token names no item)."""
-    finder = getattr(items, "item_of_token", None)
-    if callable(finder):
-        return finder
-    index = {f"@{item_id}": i for i, item_id in enumerate(items.ids)}
-    return lambda token: index.get(token, -1)

@@ -68,11 +68,6 @@ def rank_targets(scores: torch.Tensor, targets: torch.Tensor) -> TargetRanks:
     return TargetRanks(ranks, torch.where(unrankable, torch.zeros_like(ties), ties.clamp(min=0.0)))
 
 
-def target_ranks(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """The mid ranks of :func:`rank_targets` alone (float (B,), ``inf`` where the target is excluded)."""
-    return rank_targets(scores, targets).ranks
-
-
 def apply_candidate_mask(scores: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     """A copy of ``scores`` with ``-inf`` wherever ``mask`` is False (``None``: all allowed)."""
     scores = scores.detach().float()

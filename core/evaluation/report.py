@@ -38,10 +38,8 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from ..io import atomic_write_json, atomic_writer
+from ..run_folder import GENERATIONS_NAME, RANKINGS_NAME, REPORT_NAME
 
-REPORT_NAME = "report.json"
-RANKINGS_NAME = "rankings.jsonl"
-GENERATIONS_NAME = "generations.jsonl"
 FORMAT = "crs-report/1"
 
 DEFINITIONS = {

@@ -20,12 +20,10 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from ..errors import ConfigError, DataError, did_you_mean
+from ..run_folder import CONFIG_FILE, RUN_FILES
 
 __all__ = ["CONFIG_FILE", "load_pipeline"]
 
-CONFIG_FILE = "config.yaml"
-# Files a user may point at instead of the folder holding them.
-_RUN_FILES = (CONFIG_FILE, "checkpoint.pt", "best.pt", "report.json", "rankings.jsonl", "metrics.jsonl")
 _SHOWN_KEYS = 5  # state-dict keys listed per kind of mismatch; more are counted
 
 
@@ -128,7 +126,7 @@ def _check_run_dir(run_dir: Path) -> Path:
     if run_dir.is_dir():
         return run_dir
     if run_dir.is_file():
-        hint = f"pass the folder that holds it: {run_dir.parent}" if run_dir.name in _RUN_FILES else \
+        hint = f"pass the folder that holds it: {run_dir.parent}" if run_dir.name in RUN_FILES else \
             "pass the folder a `crs run` wrote (its run_dir), not a file"
         raise DataError(str(run_dir), "is a file, not a run directory", hint)
     parent = run_dir.parent

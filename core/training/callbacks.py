@@ -22,9 +22,10 @@ read-only view of the model, so a resumed run sees the same state.
 """
 from __future__ import annotations
 
-from typing import Any, Iterable
+import contextlib
+from typing import Any, Iterable, Iterator
 
-__all__ = ["EVENTS", "notify"]
+__all__ = ["EVENTS", "notify", "evaluation_hooks"]
 
 EVENTS = ("on_train_start", "on_train_end", "on_eval_start", "on_eval_end")
 
@@ -48,3 +49,18 @@ def notify(model: Any, event: str, **context: Any) -> None:
         hook = getattr(component, event, None)
         if callable(hook):
             hook(**context)
+
+
+@contextlib.contextmanager
+def evaluation_hooks(model: Any, split: str, pipeline: Any) -> Iterator[None]:
+    """``on_eval_start`` before the block and ``on_eval_end`` after it (also when it raises).
+
+    One bracket per evaluation: the evaluator uses it, and the trainer puts one around a whole
+    validation (its valid-loss pass and, for early stopping on a report metric, the evaluation
+    it runs with ``evaluate(..., hooks=False)``), so a hook sees one start/end pair per epoch.
+    """
+    try:
+        notify(model, "on_eval_start", split=split, pipeline=pipeline)
+        yield
+    finally:
+        notify(model, "on_eval_end", split=split, pipeline=pipeline)

@@ -53,6 +53,7 @@ import torch
 
 from ..errors import ConfigError, DataError
 from ..io import atomic_torch_save
+from ..run_folder import BEST_FILE, CHECKPOINT_FILE
 from .checksum import state_checksum
 
 __all__ = ["FORMAT", "CHECKPOINT_FILE", "BEST_FILE", "comparable_config", "config_differences",
@@ -64,8 +65,6 @@ FORMAT = 3
 READABLE_FORMATS = (1, 2, 3)
 FIRST_CHECKSUM_FORMAT = 3
 CHECKSUM_KEY = "checksum"
-CHECKPOINT_FILE = "checkpoint.pt"
-BEST_FILE = "best.pt"
 # Keys a resumed run may change: where the run lives, options read only by the final test
 # evaluation (validation during training never generates and never caps samples), and
 # `corpus`, a name derived from `data` (which is compared) for the default run_dir.

@@ -24,7 +24,7 @@ import torch
 from ..errors import ConfigError, UnknownComponentError
 from .checkpoint import BEST_FILE
 
-__all__ = ["EarlyStopper", "cpu_state_dict", "is_loss_metric"]
+__all__ = ["EarlyStopper", "check_metric_list", "cpu_state_dict", "is_loss_metric"]
 
 MODES = ("min", "max")
 
@@ -39,22 +39,38 @@ def is_loss_metric(name: str) -> bool:
     return name == "loss" or name.startswith("loss.")
 
 
+def metric_names(metric: Any) -> list[str]:
+    """An ``early_stopping.metric`` value (one name or a list of them) as a list of names."""
+    return [str(metric)] if isinstance(metric, str) else [str(name) for name in metric]
+
+
+def check_metric_list(metric: Any, path: str) -> None:
+    """A ConfigError at ``<path>.metric`` when `metric` is an empty list or names a metric twice.
+
+    The trainer runs it for every stage before the first one trains
+    (:func:`crs.training.stage.check_stage`), so :class:`EarlyStopper` does not check again.
+    """
+    names = metric_names(metric)
+    if not names:
+        raise ConfigError(f"{path}.metric", "the list of metrics is empty",
+                          "name a metric (metric: loss) or several to sum (metric: [rec.recall@10, rec.mrr@10])")
+    for position, name in enumerate(names):
+        if names.index(name) != position:
+            raise ConfigError(f"{path}.metric.{position}", f"'{name}' is listed twice",
+                              "list each metric once (the values are summed)")
+
+
 class EarlyStopper:
-    """Tracks the best value of the validation metric (or metric sum) and the epoch that reached it."""
+    """Tracks the best value of the validation metric (or metric sum) and the epoch that reached it.
+
+    The metric list is expected to have passed :func:`check_metric_list`.
+    """
 
     def __init__(self, spec: Any, path: str):
-        raw = spec.metric
-        self.metrics: list[str] = [str(raw)] if isinstance(raw, str) else [str(name) for name in raw]
+        self.metrics: list[str] = metric_names(spec.metric)
         self.mode = str(spec.mode).lower()
         self.patience = int(spec.patience)
         self.path = path
-        if not self.metrics:
-            raise ConfigError(f"{path}.metric", "the list of metrics is empty",
-                              "name a metric (metric: loss) or several to sum (metric: [rec.recall@10, rec.mrr@10])")
-        for position, name in enumerate(self.metrics):
-            if self.metrics.index(name) != position:
-                raise ConfigError(f"{path}.metric.{position}", f"'{name}' is listed twice",
-                                  "list each metric once (the values are summed)")
         #: The name the value is known by: the metric itself, or the names joined with "+" for a sum.
         self.metric = "+".join(self.metrics)
         if self.mode not in MODES:

@@ -24,26 +24,31 @@ batch by batch so that a large support set fits in memory.
 from __future__ import annotations
 
 import fnmatch
+import weakref
 from typing import Any, Callable, Iterable, Mapping
 
 import torch
 from torch import nn
 
 from ..errors import ConfigError, did_you_mean
-from .stage import batch_length, train_only
+from .stage import SLOTS_PREFIX, batch_length, public_name, train_only
 
 __all__ = ["named_parameters", "public_name", "to_model_names", "select_params", "functional_compute",
-           "inner_update", "adapt", "maml_step", "adapt_on_batches"]
-
-SLOTS_PREFIX = "slots."
+           "inner_update", "adapt", "maml_step", "adapt_on_batches", "SLOTS_PREFIX"]
 
 Params = dict[str, torch.Tensor]
+# model -> {public name: the model's own name}: built on a model's first functional forward, not on every one
+# (a model's parameter names are fixed once it is built).
+_MODEL_NAMES: "weakref.WeakKeyDictionary[nn.Module, dict[str, str]]" = weakref.WeakKeyDictionary()
 
 
 # ------------------------------------------------------------------- names
-def public_name(model_name: str) -> str:
-    """``slots.rec.weight`` -> ``rec.weight``; any other name (``shared.x.w``) is kept."""
-    return model_name[len(SLOTS_PREFIX):] if model_name.startswith(SLOTS_PREFIX) else model_name
+def _model_names(model: nn.Module) -> dict[str, str]:
+    """{public name: the model's own name} of `model`'s parameters, computed once per model."""
+    names = _MODEL_NAMES.get(model)
+    if names is None:
+        names = _MODEL_NAMES[model] = {public_name(name): name for name, _ in model.named_parameters()}
+    return names
 
 
 def named_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
@@ -56,13 +61,12 @@ def to_model_names(model: nn.Module, params: Mapping[str, torch.Tensor], path: s
 
     Accepts public names and the model's own names; anything else is a ConfigError at `path`.
     """
-    real = {public_name(name): name for name, _ in model.named_parameters()}
-    own = set(real.values())
+    real = _model_names(model)
     out: Params = {}
     for name, tensor in params.items():
         if name in real:
             out[real[name]] = tensor
-        elif name in own:
+        elif real.get(public_name(name)) == name:  # the model's own name (``slots.``...)
             out[name] = tensor
         else:
             raise ConfigError(path, f"the model has no parameter '{name}'.{did_you_mean(name, real)}",

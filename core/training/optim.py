@@ -48,7 +48,8 @@ from torch import nn
 from ..errors import ConfigError, UnknownComponentError
 
 __all__ = ["OPTIMIZERS", "SCHEDULES", "DEFAULT_NO_DECAY", "build_optimizer", "parameter_groups",
-           "norm_parameter_ids", "warmup_steps", "build_scheduler", "LRFactor", "check_number", "check_optimizer"]
+           "norm_parameter_ids", "warmup_steps", "build_scheduler", "LRFactor", "check_number", "check_optimizer",
+           "check_schedule"]
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "linear", "cosine", "warmup_linear")
@@ -74,7 +75,11 @@ def check_number(value: Any, path: str, *, minimum: float = 0.0, strict: bool = 
 
 
 def check_optimizer(spec: Any, path: str) -> None:
-    """Every number of an ``optimizer:`` node (and its groups) finite and in range; ConfigErrors name the key."""
+    """Every number of an ``optimizer:`` node (and its groups) finite and in range; ConfigErrors name the key.
+
+    The trainer checks every stage's optimizer before the first stage trains
+    (:func:`crs.training.stage.check_stage`), so nothing after it checks these numbers again.
+    """
     check_number(spec.lr, f"{path}.lr", strict=True, example="e.g. lr: 0.001")
     check_number(spec.weight_decay, f"{path}.weight_decay", example="e.g. weight_decay: 0.01, or 0 for none")
     check_number(spec.momentum, f"{path}.momentum", example="e.g. momentum: 0.9 (sgd only), or 0 for none")
@@ -88,6 +93,15 @@ def check_optimizer(spec: Any, path: str) -> None:
                          example="e.g. weight_decay: 0.0, or leave it out to use the optimizer's")
 
 
+def check_schedule(spec: Any, path: str) -> None:
+    """A ``schedule:`` node's warmup: finite numbers >= 0, and not both ``warmup_steps`` and ``warmup_epochs``."""
+    check_number(spec.warmup_steps, f"{path}.warmup_steps", example="e.g. warmup_steps: 100")
+    epochs = check_number(spec.warmup_epochs, f"{path}.warmup_epochs", example="e.g. warmup_epochs: 0.5")
+    if epochs > 0 and spec.warmup_steps > 0:
+        raise ConfigError(f"{path}.warmup_epochs", f"both warmup_steps ({spec.warmup_steps}) and warmup_epochs "
+                          f"({spec.warmup_epochs}) are set", "keep one of the two")
+
+
 def norm_parameter_ids(model: nn.Module) -> set[int]:
     """ids of the parameters owned directly by normalisation layers of `model` (the default no_decay)."""
     return {id(param) for module in model.modules() if isinstance(module, _NORM_TYPES)
@@ -95,17 +109,20 @@ def norm_parameter_ids(model: nn.Module) -> set[int]:
 
 
 def build_optimizer(spec: Any, parameters: Mapping[str, nn.Parameter] | Iterable[nn.Parameter], path: str, *,
-                    norm_ids: Iterable[int] = ()) -> torch.optim.Optimizer:
+                    norm_ids: Iterable[int] = (), checked: bool = False) -> torch.optim.Optimizer:
     """The optimizer named by `spec.type`; `path` is the YAML path of the node.
 
     :param parameters: name -> parameter (see the module doc for the names); a plain iterable
         is named ``0``, ``1``, ... (enough when `spec` has no groups).
     :param norm_ids: ids of normalisation-layer parameters (:func:`norm_parameter_ids`), for the default no_decay.
+    :param checked: the caller already ran :func:`check_optimizer` on `spec` (the trainer does, for every
+        stage before the first trains); otherwise it runs here.
     """
     kind = str(spec.type).lower()
     if kind not in OPTIMIZERS:
         raise UnknownComponentError(f"{path}.type", "optimizer", spec.type, OPTIMIZERS)
-    check_optimizer(spec, path)
+    if not checked:
+        check_optimizer(spec, path)
     named = (dict(parameters) if isinstance(parameters, Mapping)
              else {str(i): p for i, p in enumerate(parameters)})
     groups = parameter_groups(spec, named, path, norm_ids=norm_ids)
@@ -157,7 +174,10 @@ def parameter_groups(spec: Any, named: Mapping[str, nn.Parameter], path: str, *,
 
 
 def _assign_groups(groups: list[Any], names: list[str], path: str) -> dict[str, int]:
-    """name -> index of the first group with a matching glob (-1: the default group); checks every glob."""
+    """name -> index of the first group with a matching glob (-1: the default group); checks every glob.
+
+    The groups' numbers are :func:`check_optimizer`'s.
+    """
     owner = {name: -1 for name in names}
     shown = ", ".join(names[:_NAMES_SHOWN]) + (f", ... ({len(names)} in all)" if len(names) > _NAMES_SHOWN else "")
     for index, group in enumerate(groups):
@@ -166,11 +186,6 @@ def _assign_groups(groups: list[Any], names: list[str], path: str) -> dict[str, 
         if not globs:
             raise ConfigError(f"{here}.params", "the group lists no parameter globs",
                               f"e.g. params: [\"recommender.*\"]; this stage's parameters: {shown}")
-        if group.lr is not None:
-            check_number(group.lr, f"{here}.lr", strict=True,
-                         example="e.g. lr: 0.0001, or leave lr out to use the optimizer's")
-        if group.weight_decay is not None:
-            check_number(group.weight_decay, f"{here}.weight_decay")
         for position, glob in enumerate(globs):
             if not any(fnmatchcase(name, glob) for name in names):
                 raise ConfigError(f"{here}.params.{position}",
@@ -187,16 +202,10 @@ def _assign_groups(groups: list[Any], names: list[str], path: str) -> dict[str, 
     return owner
 
 
-def warmup_steps(spec: Any, steps_per_epoch: int, path: str) -> int:
-    """Warmup length in optimizer steps from `warmup_steps` or `warmup_epochs` (not both)."""
-    if spec.warmup_steps < 0:
-        raise ConfigError(f"{path}.warmup_steps", f"must be >= 0, got {spec.warmup_steps}")
-    epochs = check_number(spec.warmup_epochs, f"{path}.warmup_epochs", example="e.g. warmup_epochs: 0.5")
-    if epochs > 0 and spec.warmup_steps > 0:
-        raise ConfigError(f"{path}.warmup_epochs", f"both warmup_steps ({spec.warmup_steps}) and warmup_epochs "
-                          f"({spec.warmup_epochs}) are set", "keep one of the two")
-    if epochs > 0:
-        return math.ceil(epochs * max(int(steps_per_epoch), 0))
+def warmup_steps(spec: Any, steps_per_epoch: int) -> int:
+    """Warmup length in optimizer steps from `warmup_steps` or `warmup_epochs` (:func:`check_schedule` refuses both)."""
+    if spec.warmup_epochs > 0:
+        return math.ceil(spec.warmup_epochs * max(int(steps_per_epoch), 0))
     return int(spec.warmup_steps)
 
 
@@ -223,10 +232,11 @@ def build_scheduler(spec: Any, optimizer: torch.optim.Optimizer, total_steps: in
                     steps_per_epoch: int = 0) -> torch.optim.lr_scheduler.LambdaLR:
     """A per-step schedule over `total_steps` optimizer steps; `path` is the YAML path of the node.
 
-    `steps_per_epoch` converts ``warmup_epochs`` to steps.
+    `steps_per_epoch` converts ``warmup_epochs`` to steps.  The warmup numbers are :func:`check_schedule`'s,
+    which the trainer runs for every stage before the first trains.
     """
     kind = str(spec.type).lower()
     if kind not in SCHEDULES:
         raise UnknownComponentError(f"{path}.type", "learning-rate schedule", spec.type, SCHEDULES)
-    warmup = warmup_steps(spec, steps_per_epoch, path)
+    warmup = warmup_steps(spec, steps_per_epoch)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, LRFactor(kind, warmup, total_steps))

@@ -22,9 +22,10 @@ from typing import Any, Iterable, Iterator, TypeVar
 
 from tqdm.auto import tqdm
 
+from ..run_folder import METRICS_FILE
+
 __all__ = ["MetricsLog", "progress_bar", "METRICS_FILE", "setup_console", "console", "epoch_line"]
 
-METRICS_FILE = "metrics.jsonl"
 T = TypeVar("T")
 
 

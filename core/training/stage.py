@@ -6,7 +6,9 @@ model's ``named_parameters()`` names with the leading ``slots.`` dropped:
 shared module's.
 
 Everything a user can get wrong in a stage is checked here, before the first
-batch, and reported with the YAML path of the offending key.
+batch, and reported with the YAML path of the offending key: what needs no pipeline
+(:func:`check_stage`: numbers, early-stopping metric lists) for every stage before the
+first one trains, the rest (:func:`plan_stage`: objectives, slots, samples) when the stage starts.
 """
 from __future__ import annotations
 
@@ -20,10 +22,12 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError, UnknownComponentError
-from .optim import check_number, check_optimizer
+from .early_stopping import check_metric_list
+from .optim import check_number, check_optimizer, check_schedule
 
-__all__ = ["StagePlan", "plan_stage", "check_stage_numbers", "resolve_objectives", "resolve_parameters",
-           "parameter_names", "train_only", "trained_by_stages", "LOSS_PREFIX"]
+__all__ = ["StagePlan", "plan_stage", "check_stage", "check_stage_numbers", "resolve_objectives",
+           "resolve_parameters", "public_name", "parameter_names", "train_only", "trained_by_stages", "LOSS_PREFIX",
+           "SLOTS_PREFIX"]
 
 LOSS_PREFIX = "loss."
 SLOTS_PREFIX = "slots."
@@ -114,12 +118,28 @@ def resolve_parameters(model: Any, train: list[str], path: str) -> list[nn.Param
     return list(unique.values())
 
 
+def public_name(model_name: str) -> str:
+    """``slots.rec.weight`` -> ``rec.weight``; any other name (``shared.x.w``) is kept."""
+    return model_name[len(SLOTS_PREFIX):] if model_name.startswith(SLOTS_PREFIX) else model_name
+
+
 def parameter_names(model: nn.Module) -> dict[int, str]:
-    """id(parameter) -> its name: ``named_parameters()`` without the leading ``slots.``."""
+    """id(parameter) -> its name: ``named_parameters()`` without the leading ``slots.`` (:func:`public_name`)."""
     names: dict[int, str] = {}
     for name, param in model.named_parameters():
-        names.setdefault(id(param), name[len(SLOTS_PREFIX):] if name.startswith(SLOTS_PREFIX) else name)
+        names.setdefault(id(param), public_name(name))
     return names
+
+
+def check_stage(stage: Any, index: int) -> None:
+    """Everything about stage `index` that needs no pipeline, or a ConfigError naming its key.
+
+    The trainer runs it for every stage before the first one trains: its numbers
+    (:func:`check_stage_numbers`) and its early-stopping metric list (not empty, no name twice).
+    """
+    check_stage_numbers(stage, index)
+    if stage.early_stopping is not None:
+        check_metric_list(stage.early_stopping.metric, f"stages.{index}.early_stopping")
 
 
 def check_stage_numbers(stage: Any, index: int) -> None:
@@ -144,15 +164,15 @@ def check_stage_numbers(stage: Any, index: int) -> None:
             raise ConfigError(f"{path}.objectives.{name}", f"the weight must be a finite number, got {weight!r}",
                               "a loss weight, e.g. 1.0")
     check_optimizer(stage.optimizer, f"{path}.optimizer")
-    schedule = stage.schedule
-    check_number(schedule.warmup_steps, f"{path}.schedule.warmup_steps", example="e.g. warmup_steps: 100")
-    check_number(schedule.warmup_epochs, f"{path}.schedule.warmup_epochs", example="e.g. warmup_epochs: 0.5")
+    check_schedule(stage.schedule, f"{path}.schedule")
 
 
 def plan_stage(pipeline: Any, stage: Any, index: int) -> StagePlan:
-    """Validate stage `index` against `pipeline` and collect its objectives, parameters and samples."""
+    """Validate stage `index` against `pipeline` and collect its objectives, parameters and samples.
+
+    Its numbers are :func:`check_stage`'s, which the trainer runs for every stage before the first trains.
+    """
     path = f"stages.{index}"
-    check_stage_numbers(stage, index)
     objectives = resolve_objectives(dict(stage.objectives), set(pipeline.model.loss_keys()), path)
     parameters = resolve_parameters(pipeline.model, list(stage.train), path)
     if not any(p.requires_grad for p in parameters):
@@ -199,7 +219,7 @@ def warn_untouched_slots(model: Any, train: list[str], objectives: dict[str, flo
     if unused:
         losses = ", ".join(key.removeprefix(LOSS_PREFIX) for key in objectives)
         its, it = ("their", "them") if len(unused) > 1 else ("its", "it")
-        log.warning("warning: %s.train: stage '%s' trains %s, but none of its objectives (%s) uses %s outputs, "
+        log.warning("%s.train: stage '%s' trains %s, but none of its objectives (%s) uses %s outputs, "
                     "so the stage does not change %s; drop %s from `train:` or add an objective that needs %s",
                     path, stage, ", ".join(unused), losses, its, it, it, it)
 

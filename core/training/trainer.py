@@ -18,8 +18,9 @@ Per stage, the trainer builds the optimizer over
 the stage's autocast (:mod:`crs.training.precision`; the model is already on
 ``device``), and calls the lifecycle callbacks (:mod:`crs.training.callbacks`):
 ``on_train_start`` once the stage's freezing is in place (also when a stage is
-resumed), ``on_train_end`` after its best state is restored, and
-``on_eval_start`` / ``on_eval_end`` (``split="valid"``) around the valid-loss pass.
+resumed), ``on_train_end`` after its best state is restored, and one
+``on_eval_start`` / ``on_eval_end`` pair (``split="valid"``) around each validation: the
+valid-loss pass and, for early stopping on a report metric, the evaluation it runs.
 
 Reproducibility: the run is seeded once from ``spec.seed``; each epoch's batch
 order comes from (seed, stage, epoch) alone; every RNG state is saved with the
@@ -42,7 +43,8 @@ import torch
 
 from ..errors import ConfigError
 from ..io import atomic_write_json
-from .callbacks import notify
+from ..run_folder import HISTORY_FILE
+from .callbacks import evaluation_hooks, notify
 from .checkpoint import (
     CHECKPOINT_FILE,
     check_same_config,
@@ -58,11 +60,10 @@ from .optim import build_optimizer, build_scheduler, norm_parameter_ids
 from .precision import Precision, resolve_device
 from .run_log import MetricsLog, epoch_line
 from .seeding import capture_rng_state, restore_rng_state, seed_everything
-from .stage import StagePlan, batch_length, check_stage_numbers, plan_stage, train_only
+from .stage import StagePlan, batch_length, check_stage, plan_stage, train_only
 
 __all__ = ["Trainer", "HISTORY_FILE"]
 
-HISTORY_FILE = "history.json"
 log = logging.getLogger("crs.training")
 
 
@@ -70,21 +71,25 @@ class Trainer:
     """Trains ``pipeline.model`` through ``pipeline.spec.stages``.
 
     :param pipeline: a built pipeline (see the pipeline API: ``spec``, ``resolved``, ``model``,
-        ``samples``, ``task_samples``, ``batches``, ``build``).
+        ``samples``, ``task_samples``, ``batches``, ``build``, ``device``).
     :param run_dir: folder for checkpoints, metrics and history (created if missing).
     :param resume: continue from ``run_dir/checkpoint.pt``; starts fresh (with a warning) when absent.
+    :param checkpoint: with `resume`, that checkpoint as the caller already read and checked it
+        (:func:`crs.training.checkpoint.check_resumable`, as ``crs run --resume`` does before building
+        the pipeline), so it is not read, hashed and compared with the config a second time.
     :param progress: show tqdm bars (only ever on a terminal).
     :param log_every: write step metrics every this many optimizer steps.
     :param tensorboard: also log to TensorBoard when it is installed.
     """
 
     def __init__(self, pipeline: Any, run_dir: str | Path, *, resume: bool = False, progress: bool = True,
-                 log_every: int = 50, tensorboard: bool = True):
+                 log_every: int = 50, tensorboard: bool = True, checkpoint: dict[str, Any] | None = None):
         self.pipeline = pipeline
         self.model = pipeline.model
         self.spec = pipeline.spec
         self.run_dir = Path(run_dir)
         self.resume = resume
+        self._checked_checkpoint = checkpoint
         self.progress = progress
         self.log_every = log_every
         self.tensorboard = tensorboard
@@ -93,8 +98,10 @@ class Trainer:
         self.timings: dict[str, dict[str, float]] = {}
         self._config = comparable_config(getattr(pipeline, "resolved", {}))
         self._metrics: MetricsLog | None = None
-        # Checked here too (the builder checks it first) so a bad device is a config error, not a CUDA traceback.
-        self.device = resolve_device(getattr(self.spec, "device", "cpu"))
+        # A built pipeline's device was checked by the builder; any other object with the pipeline API gets
+        # the check here, so that a bad device is a config error, not a CUDA traceback.
+        device = getattr(pipeline, "device", None)
+        self.device = device if device is not None else resolve_device(getattr(self.spec, "device", "cpu"))
 
     # ------------------------------------------------------------------ run
     def fit(self) -> dict[str, list[dict[str, Any]]]:
@@ -141,6 +148,9 @@ class Trainer:
                 log.warning("%s already holds a run; starting over and overwriting it (`crs run --resume` "
                             "would continue it instead)", self.run_dir)
             return None
+        if self._checked_checkpoint is not None:
+            checkpoint, self._checked_checkpoint = self._checked_checkpoint, None  # used once: not held after fit
+            return checkpoint
         checkpoint = load_checkpoint(self.run_dir)
         if checkpoint is None:
             log.warning("no checkpoint in %s to resume from; starting a fresh run there", self.run_dir)
@@ -155,7 +165,7 @@ class Trainer:
                 raise ConfigError(f"stages.{index}.name", f"stage name '{stage.name}' is also used by stage "
                                   f"{seen[stage.name]}", "give every stage its own name (history is keyed by it)")
             seen[stage.name] = index
-            check_stage_numbers(stage, index)  # every stage before the first trains (NaN/inf included)
+            check_stage(stage, index)  # every stage before the first trains (NaN/inf included)
 
     # ---------------------------------------------------------------- stage
     def _run_stage(self, index: int, stage: Any, resume_state: dict[str, Any] | None) -> None:
@@ -167,8 +177,9 @@ class Trainer:
         protocol = self._valid_protocol() if stopper is not None and stopper.needs_evaluation else None
         records = self.history.setdefault(str(stage.name), [])
         with train_only(self.model, plan.parameters) as trainable:
+            # checked=True: check_stage checked the optimizer's numbers (and the schedule's) before any stage trained
             optimizer = build_optimizer(stage.optimizer, plan.named_parameters, f"{plan.path}.optimizer",
-                                        norm_ids=norm_parameter_ids(self.model))
+                                        norm_ids=norm_parameter_ids(self.model), checked=True)
             steps_per_epoch = int(strategy.steps_per_epoch(plan))
             scheduler = build_scheduler(stage.schedule, optimizer, steps_per_epoch * int(stage.epochs),
                                         f"{plan.path}.schedule", steps_per_epoch=steps_per_epoch)
@@ -279,14 +290,15 @@ class Trainer:
 
     def _validate(self, plan: StagePlan, valid_samples: list, protocol: Any,
                   stopper: EarlyStopper | None = None) -> dict[str, float]:
-        """Mean valid losses (``loss`` = weighted total) and, with `protocol`, its report metrics."""
+        """Mean valid losses (``loss`` = weighted total) and, with `protocol`, its report metrics.
+
+        One ``on_eval_start`` / ``on_eval_end`` pair covers both passes (the evaluation is told not to add its own).
+        """
         self.model.eval()
         try:
             sums: dict[str, float] = {}
             count = 0
-            with torch.no_grad():
-                # The evaluator makes these calls itself for the report metrics below.
-                notify(self.model, "on_eval_start", split="valid", pipeline=self.pipeline)
+            with torch.no_grad(), evaluation_hooks(self.model, "valid", self.pipeline):
                 for batch in self.pipeline.batches(valid_samples, int(plan.spec.batch_size), shuffle=False,
                                                    seed=int(self.spec.seed)):
                     _, parts = weighted_objective(self.model.compute(batch, plan.wanted), plan.objectives, plan.path)
@@ -294,14 +306,13 @@ class Trainer:
                     for key, value in parts.items():
                         sums[key] = sums.get(key, 0.0) + value * size
                     count += size
-                notify(self.model, "on_eval_end", split="valid", pipeline=self.pipeline)
                 metrics = {key: total / max(count, 1) for key, total in sums.items()}
                 if protocol is not None and stopper is not None:
                     from ..evaluation import evaluate  # lazily: evaluation imports metrics plugins
 
                     # only the parts of the evaluation the early-stopping metrics read
                     results = evaluate(self.pipeline, "valid", protocols=[protocol], generate=False,
-                                       tasks=stopper.evaluation_tasks)
+                                       tasks=stopper.evaluation_tasks, hooks=False)
                     report = results.get(protocol.id, {})
                     metrics.update({key: float(value) for key, value in report.items()
                                     if isinstance(value, (int, float)) and not isinstance(value, bool)})

@@ -13,9 +13,9 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from crs.data.readers import OnError, RecordError, SkipLog, check_on_error, parse_lines, read_json
+from crs.data.readers import OnError, RecordError, SkipLog, parse_lines, read_json
 from crs.errors import DataError
-from crs.interfaces import BuildDeps, KnowledgeSource
+from crs.interfaces import KnowledgeSource
 from crs.knowledge import WORD, KnowledgeGraph
 from crs.labels import word_label
 
@@ -36,10 +36,6 @@ class ConceptNetEdges(KnowledgeSource):
         relations: Optional[list[str]] = None  # keep only these relations; None = all
         min_degree: int = 0  # drop words with fewer edges (after the filters); 0 keeps isolated vocabulary words
         on_error: OnError = "raise"  # skip: drop lines without three tab-separated fields
-
-    def __init__(self, config: Any, deps: BuildDeps):
-        super().__init__(config, deps)
-        check_on_error(config.on_error, self.path)
 
     def load(self, corpus: Any = None) -> KnowledgeGraph:
         cfg = self.config

@@ -41,21 +41,19 @@ an item to the entity-graph node of the same name (case and underscores ignored;
 """
 from __future__ import annotations
 
-import typing
 from dataclasses import dataclass, field
 from dataclasses import fields as dataclass_fields
 from typing import Any, Literal, Optional
 
-from crs.data.readers import OnError, RecordError, SkipLog, check_on_error, expect, expect_text, iter_jsonl
+from crs.data.readers import OnError, RecordError, SkipLog, expect, expect_text, iter_jsonl
 from crs.data.schema import RECOMMENDER, ROLES, Conversation, Corpus, Item, Mention, Turn
-from crs.errors import ConfigError, DataError, check_choice
+from crs.errors import ConfigError, DataError
 from crs.interfaces import BuildDeps, Dataset
 
 from .common import data_file, resolve_root
-from .sample_lines import POOLED_MENTIONS, PooledMentions, SampleLine, assemble
+from .sample_lines import PooledMentions, SampleLine, assemble
 
 Format = Literal["conversation_per_line", "turn_per_line", "sample_per_line"]
-FORMATS = typing.get_args(Format)
 Speaker = Literal["seeker", "recommender"]  # crs.data.schema.ROLES (a test checks they agree)
 _MISSING = object()
 # optional fields per format (a mapping that matches no record of a file is reported as misspelt)
@@ -142,12 +140,6 @@ class JsonlDataset(Dataset):
 
     def __init__(self, config: Any, deps: BuildDeps):
         super().__init__(config, deps)
-        check_on_error(config.on_error, self.path)
-        check_choice(config.format, FORMATS, f"{self.path}.format")
-        check_choice(config.last_speaker, ROLES, f"{self.path}.last_speaker",
-                     "use seeker (the reply answers the seeker) or recommender")
-        check_choice(config.pooled_mentions, POOLED_MENTIONS, f"{self.path}.pooled_mentions",
-                     "use first_mention (each on the first turn naming it) or last_turn (kept pooled)")
         config.fields = _coerce(config.fields, FieldMap, f"{self.path}.fields")
         config.item_fields = _coerce(config.item_fields, ItemFileFields, f"{self.path}.item_fields")
         bad = {k: v for k, v in dict(config.roles).items() if v not in ROLES}

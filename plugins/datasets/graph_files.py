@@ -21,7 +21,6 @@ phrase linker are :func:`~crs.labels.uri_label` of each name (entity graphs) or
 from __future__ import annotations
 
 import json
-import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
@@ -30,23 +29,20 @@ from crs.data.readers import (
     OnError,
     RecordError,
     SkipLog,
-    check_on_error,
     expect_text,
     json_type,
     parse_lines,
     read_json,
 )
-from crs.errors import ConfigError, DataError, check_choice, clip
+from crs.errors import ConfigError, DataError, clip
 from crs.interfaces import BuildDeps, KnowledgeSource
-from crs.knowledge import ENTITY, WORD, KnowledgeGraph, check_edge_ids
+from crs.knowledge import ENTITY, KnowledgeGraph, check_edge_ids
 from crs.labels import uri_label, word_label
 
 from .common import config_file, data_file, resolve_root
 
 TripleFormat = Literal["auto", "tsv", "jsonl"]
-TRIPLE_FORMATS = typing.get_args(TripleFormat)
 GraphRole = Literal["entity", "word"]  # crs.knowledge.ENTITY, WORD (a test checks they agree)
-_ROLES = (ENTITY, WORD)
 _PARTS = ("head", "relation", "tail")
 SELF_LOOP = "self_loop"  # the relation name of self-loop edges (UniCRS's release; KGSF's when added)
 
@@ -166,9 +162,6 @@ class TripleFile(KnowledgeSource):
 
     def __init__(self, config: Any, deps: BuildDeps):
         super().__init__(config, deps)
-        check_on_error(config.on_error, self.path)
-        check_choice(config.format, TRIPLE_FORMATS, f"{self.path}.format")
-        check_choice(config.role, _ROLES, f"{self.path}.role")
         if not config.delimiter:
             raise ConfigError(f"{self.path}.delimiter", "is empty", "use e.g. \"\\t\" (the default) or \",\"")
         self.format = config.format if config.format != "auto" else file_format(config.path)

@@ -33,7 +33,6 @@ from crs.data.readers import (
     OnError,
     RecordError,
     SkipLog,
-    check_on_error,
     expect,
     expect_text,
     iter_jsonl,
@@ -43,7 +42,7 @@ from crs.data.readers import (
 from crs.data.safe_pickle import load_plain_pickle
 from crs.data.schema import RECOMMENDER, SEEKER, Conversation, Corpus, Item, Mention, Turn
 from crs.errors import DataError
-from crs.interfaces import BuildDeps, Dataset
+from crs.interfaces import Dataset
 
 from .common import clean_name, data_file, resolve_root
 
@@ -72,10 +71,6 @@ class RedialDataset(Dataset):
         metadata: Optional[str] = "ievalm_metadata_kg/id2info.json.gz"  # movieId -> {name, genre, plot, ...}
         on_error: OnError = "raise"  # skip: drop malformed lines (counted in the report)
         max_conversations: int = 0  # per split; 0 = all
-
-    def __init__(self, config: Any, deps: BuildDeps):
-        super().__init__(config, deps)
-        check_on_error(config.on_error, self.path)
 
     # ------------------------------------------------------------------ public
     def load(self) -> Corpus:

@@ -37,7 +37,6 @@ recommended items and the reply.  This module turns such lines back into :class:
 from __future__ import annotations
 
 import re
-import typing
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Literal, Optional
@@ -47,7 +46,6 @@ from crs.data.schema import RECOMMENDER, SEEKER, Conversation, Mention, Turn
 from crs.labels import uri_label
 
 PooledMentions = Literal["first_mention", "last_turn"]
-POOLED_MENTIONS = typing.get_args(PooledMentions)
 _LETTER = re.compile(r"[^\W\d_]")
 
 

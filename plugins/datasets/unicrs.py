@@ -22,21 +22,18 @@ Conventions:
 """
 from __future__ import annotations
 
-import typing
 from dataclasses import dataclass
 from typing import Any, Literal, Optional
 
-from crs.data.readers import OnError, RecordError, SkipLog, check_on_error, expect, expect_text, iter_jsonl
+from crs.data.readers import OnError, RecordError, SkipLog, expect, expect_text, iter_jsonl
 from crs.data.schema import RECOMMENDER, SEEKER, Conversation, Corpus, Item, Mention, Turn
-from crs.errors import check_choice
-from crs.interfaces import BuildDeps, Dataset
+from crs.interfaces import Dataset
 
 from .common import data_file, resolve_root
 
 _ROLES = {"SEEKER": SEEKER, "RECOMMENDER": RECOMMENDER}
 _LIST_FIELDS = ("movie_link", "movie_name", "entity_link", "entity_name")
 ItemSet = Literal["recommended", "mentioned"]
-ITEM_SETS = typing.get_args(ItemSet)
 
 
 @dataclass
@@ -60,11 +57,6 @@ class UniCRSJsonlDataset(Dataset):
         on_error: OnError = "raise"  # skip: drop malformed lines (counted in the report)
         max_conversations: int = 0  # per split; 0 = all
         name: str = "inspired"  # corpus name in reports
-
-    def __init__(self, config: Any, deps: BuildDeps):
-        super().__init__(config, deps)
-        check_on_error(config.on_error, self.path)
-        check_choice(config.item_set, ITEM_SETS, f"{self.path}.item_set")
 
     def load(self) -> Corpus:
         cfg, root = self.config, resolve_root(self.config.root)

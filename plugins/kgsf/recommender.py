@@ -16,21 +16,18 @@ parameter), so that the popularity prior survives training and only the dot prod
 """
 from __future__ import annotations
 
-import typing
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
 from torch import nn
 
-from crs.errors import check_choice
 from crs.interfaces import BuildDeps, Port, Recommender
 from crs.nn import rec_cross_entropy
 
 from .graph_common import check_positive
 
 BiasInit = Literal["zero", "popularity"]
-BIAS_INITS = typing.get_args(BiasInit)
 
 
 class DotProductRecommender(Recommender):
@@ -46,7 +43,6 @@ class DotProductRecommender(Recommender):
     def __init__(self, config: Config, deps: BuildDeps):
         super().__init__(config, deps)
         check_positive(config.dim, f"{self.path}.dim", "dim")
-        check_choice(config.bias_init, BIAS_INITS, f"{self.path}.bias_init")
         items = deps.require("items")
         self.n_items = len(items)
         self.register_buffer("item_nodes", torch.as_tensor(items.entity_nodes, dtype=torch.long).clone(),

@@ -30,19 +30,17 @@ numbers in old reports never silently change meaning.
 from __future__ import annotations
 
 import math
-import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
 
 from crs.data.samples import Sample
-from crs.data.tasks import SINGLE_RULES, UNITS, SingleRule, TaskUnit
-from crs.errors import ConfigError, check_choice
+from crs.data.tasks import SingleRule, TaskUnit
+from crs.errors import ConfigError
 from crs.interfaces import BuildDeps, EvaluationProtocol
 
 CandidateSet = Literal["all"]
-CANDIDATE_SETS = typing.get_args(CandidateSet)
 
 
 @dataclass
@@ -54,12 +52,6 @@ class _ItemProtocol(EvaluationProtocol):
     """Shared expansion of recommender turns into one scored sample per recommended item."""
 
     Config = ProtocolConfig
-
-    def __init__(self, config: ProtocolConfig, deps: BuildDeps):
-        super().__init__(config, deps)
-        if config.candidates not in CANDIDATE_SETS:
-            raise ConfigError(f"{deps.path}.candidates", f"unknown candidate set '{config.candidates}'",
-                              f"use one of: {', '.join(CANDIDATE_SETS)}")
 
     def rec_samples(self, samples: list[Sample]) -> list[Sample]:
         out = []
@@ -117,7 +109,6 @@ class ColdStartProtocol(_ItemProtocol):
 
 # ------------------------------------------------------------------ user_adapt
 TaskOrder = Literal["conversation_id"]
-ORDERS = typing.get_args(TaskOrder)
 
 
 @dataclass
@@ -158,9 +149,6 @@ class UserAdaptProtocol(_ItemProtocol):
 
     def __init__(self, config: UserAdaptConfig, deps: BuildDeps):
         super().__init__(config, deps)
-        check_choice(config.split.order, ORDERS, f"{deps.path}.split.order")
-        check_choice(config.split.single, SINGLE_RULES, f"{deps.path}.split.single")
-        check_choice(config.split.unit, UNITS, f"{deps.path}.split.unit")
         for key in ("rec_adapt", "conv_adapt"):
             block = getattr(config, key)
             if block.steps < 0:
