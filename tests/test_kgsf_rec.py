@@ -1,6 +1,8 @@
 """KGSF rec side: self-attentive pooling (Eq. 6), gate (Eq. 7), dot-product recommender (Eq. 8-9), MIM (Eq. 4-5)."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -91,7 +93,10 @@ def test_dot_product_scores_items_and_learns(deps):
         loss = rec({"user": user, "entity_nodes": nodes, "target": target})["loss"]
         opt.zero_grad(), loss.backward(), opt.step()
         losses.append(loss.item())
+    # against a floor too: a loss running off to minus infinity also falls below half its first value;
+    # a cross-entropy is >= 0, and log(5) is what scores that cannot tell the 5 items apart give
     assert losses[-1] < 0.5 * losses[0]
+    assert math.isfinite(losses[-1]) and 0.0 <= losses[-1] < 0.5 * math.log(5)
 
 
 def test_item_bias_option(deps):
@@ -154,6 +159,8 @@ def test_mim_loss_falls_when_optimised(deps, negatives):
         losses.append(loss.item())
     assert mim.transform.weight.grad is not None and rgcn.layers[0].bases.grad is not None
     assert losses[-1] < 0.5 * losses[0], losses[::10]
+    # MIM is a sum of two binary cross-entropies (>= 0); 2 log 2 is what all-zero scores give
+    assert math.isfinite(losses[-1]) and 0.0 <= losses[-1] < 0.5 * 2 * math.log(2), losses[::10]
 
 
 def test_mim_positives_and_empty_batch(deps):

@@ -380,6 +380,10 @@ def test_tiny_llama_learns_the_demo_corpus_and_is_scored_from_its_text(pipeline,
     with torch.no_grad():
         after = pipeline.model.compute(batch, ["loss.gen"])["loss.gen"].item()
     assert losses[-1] < 0.6 * losses[0] and after < 0.7 * before  # held-out replies got likelier too
+    # a floor as well (a loss running off to minus infinity also falls): token cross-entropies are >= 0,
+    # and log(vocabulary size) is what a model that cannot tell the tokens apart scores
+    for final in (losses[-1], after):
+        assert math.isfinite(final) and 0.0 <= final < math.log(len(gen.tokenizer))
 
     results = evaluate(pipeline, "test", max_samples=24)
     metrics = results["crslab-v1"]

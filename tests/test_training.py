@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import json
+import math
 import random
 import sys
 import types
@@ -137,6 +138,10 @@ def test_loss_decreases_and_history_and_metrics_are_written(tmp_path: Path) -> N
     assert [r["epoch"] for r in records] == [1, 2, 3, 4, 5, 6]
     assert records[-1]["train"]["loss.rec"] < 0.7 * records[0]["train"]["loss.rec"]
     assert records[-1]["valid"]["loss"] < records[0]["valid"]["loss"]
+    # against a floor too (a loss running off to minus infinity also falls): a cross-entropy is >= 0,
+    # and log(N_CLASSES) is what a model that cannot tell the classes apart scores
+    for final in (records[-1]["train"]["loss.rec"], records[-1]["valid"]["loss"]):
+        assert math.isfinite(final) and 0.0 <= final < 0.7 * math.log(N_CLASSES)
     assert json.loads((tmp_path / "history.json").read_text()) == history
 
     lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
