@@ -4,6 +4,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from test_generators import assert_greedy
 
 from crs.data.vocab import Vocabulary
 from crs.errors import ConfigError
@@ -132,8 +133,8 @@ def test_copy_mixture_moves_mass_onto_the_copied_nodes_token():
     assert all(torch.isfinite(p.grad).all() for p in mixture.parameters())
 
 
-def _train(decoder, inputs, steps):
-    optimizer = torch.optim.Adam(decoder.parameters(), lr=5e-3)
+def _train(decoder, inputs, steps, lr=5e-3):
+    optimizer = torch.optim.Adam(decoder.parameters(), lr=lr)
     for _ in range(steps):
         optimizer.zero_grad()
         decoder(inputs)["loss.gen"].backward()
@@ -193,8 +194,59 @@ def test_kgsf_decoder_is_causal_and_generates():
     with torch.no_grad():
         a, b = decoder(inputs)["logits"], decoder(changed)["logits"]
     assert torch.allclose(a[:, :3], b[:, :3], atol=1e-5) and not torch.allclose(a[:, 3:], b[:, 3:], atol=1e-4)
-    generated = decoder.generate({k: v for k, v in inputs.items() if not k.startswith("response")}, max_len=5)
-    assert generated.size(0) == 2 and generated.size(1) <= 5
+    context = {k: v for k, v in inputs.items() if not k.startswith("response")}
+    generated = decoder.generate(context, max_len=5)
+    assert generated.size(0) == 2
+    assert_greedy(decoder, context, generated, max_len=5)  # the copy mixture's argmax, step by step
+
+
+# Replies that name words of their context and items of their context entities (@101 is Alien, @202 Airplane!).
+EXAMPLES = [("i like scary movies", ["scary", "movies"], ["dbr:Ridley_Scott", "dbr:Alien"], "have you seen @101"),
+            ("what about comedy it", ["comedy"], ["dbr:Airplane!"], "sure try @202 it is great"),
+            ("i like comedy movies", ["comedy", "movies"], [], "great comedy movies"),
+            ("i like scary comedy", ["scary", "comedy", "great"], ["dbr:Airplane!", "dbr:Ridley_Scott"],
+             "what about @202")]
+
+
+def _pad(rows):
+    width = max(map(len, rows))
+    return torch.tensor([r + [0] * (width - len(r)) for r in rows])
+
+
+def test_overfits_a_few_replies_and_greedy_decoding_reproduces_them_copying_the_items():
+    torch.manual_seed(0)
+    decoder, vocab, words, entities = make_decoder()
+    tokens = _pad([vocab.encode(context) for context, *_ in EXAMPLES])
+    context_words = _pad([[words.node_index[w] for w in nodes] for _, nodes, _, _ in EXAMPLES])
+    context_entities = _pad([[entities.node_index[e] for e in nodes] or [0] for _, _, nodes, _ in EXAMPLES])
+    response = _pad([[vocab.bos, *vocab.encode(reply), vocab.eos] for *_, reply in EXAMPLES])
+    context = {"tokens": tokens, "tokens_mask": tokens != 0,
+               "word_nodes": torch.randn(words.num_nodes, 16), "entity_nodes": torch.randn(entities.num_nodes, 16),
+               "context_words": context_words, "context_words_mask": context_words != 0,
+               "context_entities": context_entities, "context_entities_mask": context_entities != 0}
+    inputs = dict(context, response=response, response_mask=response != 0)
+    first = decoder(inputs)["loss.gen"].item()
+    _train(decoder, inputs, steps=60, lr=1e-2)
+    decoder.eval()
+    with torch.no_grad():
+        last = decoder(inputs)["loss.gen"].item()
+    assert last < 0.05 < first
+
+    generated = decoder.generate(context, max_len=10)
+    assert [vocab.decode(row) for row in generated.tolist()] == [reply.split() for *_, reply in EXAMPLES]
+    assert generated.size(1) == max(len(reply.split()) for *_, reply in EXAMPLES) + 1  # EOS ends every row
+
+    # The item tokens come through the copy term: P(item) - p_gen * Pr1(item) = (1 - p_gen) * Pr2(item).
+    with torch.no_grad():
+        probs = decoder(inputs)["logits"].exp()
+        hidden = decoder.decoder(response[:, :-1], decoder.encode(inputs))
+        vocab_part = torch.sigmoid(decoder.copy.gate(hidden)) * decoder.vocab_log_probs(hidden, inputs).exp()
+    for row, (*_, reply) in enumerate(EXAMPLES):
+        for position, word in enumerate(reply.split()):
+            if word.startswith("@"):
+                token = vocab.index[word]
+                copied = probs[row, position, token] - vocab_part[row, position, token]
+                assert copied > 0.5 * probs[row, position, token], (reply, word)
 
 
 def test_config_errors():
@@ -216,11 +268,13 @@ def test_passes_the_shared_component_check_on_the_tiny_batch(tiny_deps, tiny_bat
     node = {"dim": 16, "heads": 2, "layers": 1, "ffn_dim": 32, "word_dim": 8, "entity_dim": 8}
     component, _ = check_component(KGSFDecoder, node, tiny_deps, batch)
     ports = component.input_ports()
+    inputs = {local: batch[port.key] for local, port in ports.items() if port.key in batch}  # optional ports too
     with torch.no_grad():
-        out = component({local: batch[port.key] for local, port in ports.items()})
+        out = component(inputs)
     probs = out["logits"].exp().sum(-1)
     assert torch.isfinite(out["loss.gen"]) and torch.allclose(probs, torch.ones_like(probs), atol=1e-4)
     component.eval()
-    generated = component.generate({local: batch[p.key] for local, p in ports.items()
-                                    if not local.startswith("response")}, 6)
-    assert generated.shape[0] == len(batch["batch.context_tokens"])
+    context = {local: value for local, value in inputs.items() if not local.startswith("response")}
+    generated = component.generate(context, 6)
+    assert generated.size(0) == len(batch["batch.context_tokens"])
+    assert_greedy(component, context, generated, max_len=6)
