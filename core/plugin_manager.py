@@ -35,6 +35,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "crs.plugins.datasets",
     "crs.plugins.baselines",
     "crs.plugins.kgsf",
+    "crs.plugins.ccrs",
     "crs.plugins.plm",
 )
 ENTRY_POINT_GROUP = "crs"

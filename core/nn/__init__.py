@@ -4,6 +4,8 @@
 - :mod:`crs.nn.decoding`: teacher-forcing NLL (optionally token-weighted) and greedy decoding;
 - :mod:`crs.nn.pooling`: self-attentive pooling and node gathering;
 - :mod:`crs.nn.losses`: the recommendation cross-entropy;
+- :mod:`crs.nn.segment`: softmax and sums over segments of an edge list (graph attention in plain
+  torch, twice differentiable for MAML; not re-exported here);
 - :mod:`crs.nn.seq2seq`: the Transformer encoder-decoder generator that paper decoders subclass
   (not re-exported here: it is a component, importing ``crs.interfaces``);
 - :mod:`crs.nn.embedding`: the ``token_embedding`` shared module (one matrix for several slots).

@@ -17,6 +17,7 @@ tokens             batch.context_tokens             (B, L) vocab ids of the hist
 tokens_mask        batch.context_tokens_mask        (B, L) bool
 response           batch.response_tokens            optional, (B, R): BOS y_1 .. y_n EOS
 response_mask      batch.response_tokens_mask       optional, (B, R) bool
+vocab_bias         vocab_bias                       optional, (B, V) added to the logits (e.g. ``multi_style``)
 outputs (all optional: only when a response is given)
 loss.gen           loss.gen                         mean token cross-entropy over non-pad targets
 nll_sum            nll_sum                          float, summed plain NLL (for perplexity)
@@ -110,6 +111,9 @@ class TransformerGenerator(Generator):
             "tokens_mask": Port("batch.context_tokens_mask", doc="context token mask"),
             "response": Port("batch.response_tokens", optional=True, doc="target reply, BOS .. EOS"),
             "response_mask": Port("batch.response_tokens_mask", optional=True),
+            # a per-sample bias over the vocabulary from another slot (CCRS's styles, KBRD's user bias),
+            # added in vocab_logits so that the loss and decoding both see it
+            "vocab_bias": Port("vocab_bias", self.vocab_size, optional=True, doc="bias over the vocabulary (B, V)"),
         }
 
     def output_ports(self) -> dict[str, Port]:
@@ -140,9 +144,11 @@ class TransformerGenerator(Generator):
         T = 1).  Override it to change the logits, e.g. add a bias over the vocabulary
         computed from ``inputs`` (the slot's local input ports, whole batch).
         """
-        if self.output is not None:
-            return self.output(hidden)
-        return hidden @ self.embedding.weight.t()
+        logits = self.output(hidden) if self.output is not None else hidden @ self.embedding.weight.t()
+        bias = inputs.get("vocab_bias")
+        if bias is not None:  # (B, V): the same bias at every position of a sample
+            logits = logits + (bias.unsqueeze(1) if bias.dim() == 2 else bias)
+        return logits
 
     def vocab_log_probs(self, hidden: torch.Tensor, inputs: dict[str, Any]) -> torch.Tensor:
         """log softmax of :meth:`vocab_logits` (B, T, V): the plain vocabulary distribution."""
