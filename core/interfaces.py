@@ -336,3 +336,7 @@ class TrainingStrategy(Component):
         """
         return plan.steps_per_epoch()
 
+    def check_samples(self, samples: list, path: str) -> None:
+        """Refuse a stage whose train `samples` this strategy cannot use (a ConfigError at `path`, the
+        stage's ``strategy`` key).  The trainer asks before any stage trains; by default anything goes."""
+

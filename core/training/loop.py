@@ -143,6 +143,16 @@ class EpochLoop:
                                    "accumulated; a strategy uses one of the two")
             self._apply(0)
             return
+        self.backward(total)
+        self.end_batch()
+
+    def backward(self, total: torch.Tensor) -> None:
+        """The backward half of :meth:`step`: finite check, 1/``accumulate`` and fp16 loss scaling, backward.
+
+        For a strategy whose one batch needs several backward passes (MAML: one per task, so
+        that one task's graph is in memory at a time): call it once per part with that part's
+        share of the batch loss, then :meth:`end_batch`.  Gradients add up in ``.grad``.
+        """
         if not torch.isfinite(total.detach()).all():
             raise ConfigError(f"{self.plan.path}.optimizer.lr",
                               f"the loss became {total.item()} at epoch {self.epoch + 1}, "
@@ -153,6 +163,9 @@ class EpochLoop:
             loss = self.scaler.scale(loss)
         with self.precision.no_autocast() if self.precision is not None else contextlib.nullcontext():
             loss.backward()
+
+    def end_batch(self) -> None:
+        """One batch's gradients are in (:meth:`backward`): step when ``accumulate`` batches are."""
         self._pending += 1
         if self._pending >= self.accumulate:
             self._apply(self._pending)

@@ -23,9 +23,10 @@ batch by batch so that a large support set fits in memory.
 """
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import weakref
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -34,7 +35,8 @@ from ..errors import ConfigError, did_you_mean
 from .stage import SLOTS_PREFIX, batch_length, public_name, train_only
 
 __all__ = ["named_parameters", "public_name", "to_model_names", "select_params", "functional_compute",
-           "inner_update", "adapt", "maml_step", "adapt_on_batches", "SLOTS_PREFIX"]
+           "inner_update", "adapt", "task_loss", "double_backward_ready", "maml_step", "adapt_on_batches",
+           "SLOTS_PREFIX"]
 
 Params = dict[str, torch.Tensor]
 # model -> {public name: the model's own name}: built on a model's first functional forward, not on every one
@@ -157,35 +159,84 @@ def adapt(loss_fn: Callable[[Params], torch.Tensor], params: Mapping[str, torch.
     return fast, losses
 
 
-def maml_step(loop: Any, tasks: Iterable[tuple[dict, dict]], inner: Mapping[str, torch.Tensor], *, lr: float,
-              steps: int = 1, first_order: bool = False, support_in_outer: bool = True) -> dict[str, float]:
+def task_loss(loop: Any, batches: dict | Sequence[dict], params: Mapping[str, torch.Tensor]
+              ) -> tuple[torch.Tensor, dict[str, float]]:
+    """The stage's objective on one side of a task (one batch, or its chunks), with `params` in place.
+
+    Chunks (a user's support cut at the stage's batch size) are combined as the
+    sample-weighted mean of their objectives, so a chunked side gives the loss of the
+    whole side: each chunk's graph is kept, as a second-order inner step needs them all.
+    """
+    if isinstance(batches, Mapping):
+        return loop.loss(batches, params=params)
+    chunks = list(batches)
+    sizes = [batch_length(batch) for batch in chunks]
+    count = sum(sizes)
+    total: torch.Tensor | None = None
+    parts: dict[str, float] = {}
+    for batch, size in zip(chunks, sizes):
+        loss, chunk_parts = loop.loss(batch, params=params)
+        term = loss * (size / count)
+        total = term if total is None else total + term
+        for key, value in chunk_parts.items():
+            parts[key] = parts.get(key, 0.0) + value * size / count
+    if total is None:
+        raise ValueError("task_loss needs at least one batch")
+    return total, parts
+
+
+@contextlib.contextmanager
+def double_backward_ready(first_order: bool) -> Iterator[None]:
+    """Second order only: attention through the math SDPA kernel, the only one with a double backward.
+
+    The fused CPU and CUDA kernels of ``F.scaled_dot_product_attention`` have no
+    derivative of their backward, so a second-order meta-gradient through a
+    transformer would fail.  First-order passes keep the fast kernels.
+    """
+    if first_order:
+        yield
+        return
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    with sdpa_kernel(SDPBackend.MATH):
+        yield
+
+
+def maml_step(loop: Any, tasks: Iterable[tuple[Any, Any]], inner: Mapping[str, torch.Tensor], *, lr: float,
+              steps: int = 1, first_order: bool = False, support_in_outer: bool = True,
+              path: str | None = None) -> dict[str, float]:
     """One outer update of MAML over `tasks`, through an :class:`crs.training.loop.EpochLoop`.
 
-    For each ``(support_batch, query_batch)``: adapt `inner` (see :func:`select_params`)
+    Each task is ``(support, query)``, each side a batch or a list of batches (chunks,
+    see :func:`task_loss`).  For each task: adapt `inner` (see :func:`select_params`)
     with `steps` inner updates on the support loss, then backpropagate, divided by the
     number of tasks, the query loss at the fast weights plus (``support_in_outer``) the
     support loss before adapting: Algorithm 1 of CCRS; without it, MAML's Eq. 14.
-    One backward pass per task keeps one task's graph in memory at a time.  Then
-    ``loop.step(None)`` (clipping, optimizer, scheduler) and ``loop.log_step``.
+    One backward pass per task (``loop.backward``: fp16 loss scaling, 1/accumulate) keeps
+    one task's graph in memory at a time; then ``loop.end_batch()`` (the optimizer step,
+    with clipping, every ``accumulate`` meta-batches) and ``loop.log_step``.
     Returns the logged parts: the query parts, ``support`` and ``loss`` (the outer loss).
+    `path` names the strategy's config node in the error for a non-finite meta-loss.
     """
     tasks = list(tasks)
     sums: dict[str, float] = {}
-    for support, query in tasks:
-        fast, losses = adapt(lambda p: loop.loss(support, params=p)[0], inner, steps=steps, lr=lr,
-                             first_order=first_order)
-        query_total, parts = loop.loss(query, params=fast)
-        total = query_total + losses[0] if support_in_outer and losses else query_total
-        if not torch.isfinite(total.detach()).all():
-            raise ConfigError(f"{loop.plan.path}.strategy.inner_lr", f"the meta-loss became {float(total)} at "
-                              f"epoch {loop.epoch + 1}, step {loop.global_step + 1}",
-                              "lower the inner or outer learning rate, or set grad_clip")
-        (total / len(tasks)).backward()
-        parts = {**parts, "support": float(losses[0].detach()) if losses else float("nan"),
-                 "loss": float(total.detach())}
-        for key, value in parts.items():
-            sums[key] = sums.get(key, 0.0) + value / len(tasks)
-    loop.step(None)
+    where = path or f"{loop.plan.path}.strategy"
+    with double_backward_ready(first_order):
+        for support, query in tasks:
+            fast, losses = adapt(lambda p: task_loss(loop, support, p)[0], inner, steps=steps, lr=lr,
+                                 first_order=first_order)
+            query_total, parts = task_loss(loop, query, fast)
+            total = query_total + losses[0] if support_in_outer and losses else query_total
+            if not torch.isfinite(total.detach()).all():
+                raise ConfigError(f"{where}.inner_lr", f"the meta-loss became {float(total)} at "
+                                  f"epoch {loop.epoch + 1}, step {loop.global_step + 1}",
+                                  "lower the inner or outer learning rate, or set grad_clip")
+            loop.backward(total / len(tasks))
+            parts = {**parts, "support": float(losses[0].detach()) if losses else float("nan"),
+                     "loss": float(total.detach())}
+            for key, value in parts.items():
+                sums[key] = sums.get(key, 0.0) + value / len(tasks)
+    loop.end_batch()
     loop.log_step(sums)
     return sums
 

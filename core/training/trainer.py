@@ -166,6 +166,12 @@ class Trainer:
                                   f"{seen[stage.name]}", "give every stage its own name (history is keyed by it)")
             seen[stage.name] = index
             check_stage(stage, index)  # every stage before the first trains (NaN/inf included)
+        for index, stage in enumerate(self.spec.stages):
+            # e.g. maml on a corpus without user ids: refused now, not after the earlier stages trained
+            if int(stage.epochs) > 0:
+                path = f"stages.{index}.strategy"
+                strategy = self.pipeline.build("training_strategy", stage.strategy, path)
+                strategy.check_samples(list(self.pipeline.task_samples("train", stage.task)), path)
 
     # ---------------------------------------------------------------- stage
     def _run_stage(self, index: int, stage: Any, resume_state: dict[str, Any] | None) -> None:

@@ -103,6 +103,8 @@ class _SegmentedMatmul(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor):
         rows, weights = ctx.saved_tensors
         grad = grad.contiguous()
+        if torch.is_grad_enabled():  # create_graph (second-order MAML): mm(out=) has no derivative
+            return _differentiable_backward(ctx, rows, weights, grad)
         grad_rows = grad_weights = None
         if ctx.needs_input_grad[0]:
             grad_rows = rows.new_empty(rows.shape)
@@ -116,6 +118,21 @@ class _SegmentedMatmul(torch.autograd.Function):
             if grad_weights is not None:
                 torch.mm(rows[start:end].t(), grad[start:end], out=grad_weights[r])
         return grad_rows, grad_weights, None
+
+
+def _differentiable_backward(ctx, rows: torch.Tensor, weights: torch.Tensor, grad: torch.Tensor):
+    """The same gradients built from differentiable ops, so that they can be differentiated again.
+
+    The row gradient is itself a segmented product (with each W_r transposed), so its own
+    backward is this class's again; the weight gradient is one small product per relation.
+    """
+    grad_rows = grad_weights = None
+    if ctx.needs_input_grad[0]:
+        grad_rows = _SegmentedMatmul.apply(grad, weights.transpose(1, 2).contiguous(), ctx.bounds)
+    if ctx.needs_input_grad[1]:
+        grad_weights = torch.stack([rows[start:end].t() @ grad[start:end] if end > start
+                                    else weights.new_zeros(weights.shape[1:]) for start, end in ctx.bounds])
+    return grad_rows, grad_weights, None
 
 
 def segmented_matmul(rows: torch.Tensor, weights: torch.Tensor, segment_sizes: list[int]) -> torch.Tensor:
