@@ -183,7 +183,7 @@ def test_mim_with_sampled_negatives_equals_its_terms_over_the_drawn_nodes(deps, 
     assert loss.item() == pytest.approx(positive + negative, rel=1e-5)
 
 
-def test_mim_is_near_two_log_two_when_every_score_is_zero(deps):
+def test_mim_is_two_log_two_when_every_score_is_zero(deps):
     mim, inputs, _, _ = _mim(deps, negatives=0)
     with torch.no_grad():
         mim.transform.weight.zero_()  # g = sigmoid(0) = 1/2 for every node: each term is log 2
