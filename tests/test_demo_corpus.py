@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import random
-import time
 from dataclasses import astuple
 
 import numpy as np
@@ -50,10 +49,8 @@ def test_same_seed_same_corpus_and_other_seed_differs():
     assert [i.name for i in other.items.values()] != [i.name for i in a.items.values()]
 
 
-def test_default_corpus_is_fast_and_has_the_documented_sizes():
-    start = time.perf_counter()
-    corpus = _fresh(DemoConfig())
-    assert time.perf_counter() - start < 5.0
+def test_default_corpus_has_the_documented_sizes():
+    corpus = _fresh(DemoConfig())  # how long this takes: benchmarks/bench_demo_corpus.py
     assert {k: len(v) for k, v in corpus.splits.items()} == {"train": 1200, "valid": 150, "test": 150}
     assert len(corpus.items) == 300
     convs = prepare.conversations(corpus)

@@ -1,8 +1,6 @@
 """The `phrase_matcher` entity linker."""
 from __future__ import annotations
 
-import time
-
 from crs.interfaces import BuildDeps
 from crs.knowledge import ENTITY, IndexedGraph, KnowledgeGraph
 from crs.plugins.linking.phrase_matcher import PhraseMatcher, node_surface_forms
@@ -56,7 +54,8 @@ def test_labels_only_mode():
     assert linker.link("tom hanks horror") == [graph.node_index["genre:horror"]]
 
 
-def test_registered_and_fast_on_a_large_graph():
+def test_registered_and_links_on_a_large_graph():
+    """64,000 similar names; each text links to exactly its own.  (Speed: benchmarks/bench_linker.py.)"""
     from crs.plugin_manager import get_plugin_manager
     from crs.registry import Registry
 
@@ -65,12 +64,8 @@ def test_registered_and_fast_on_a_large_graph():
     linker = registry.build("entity_linker", {"type": "phrase_matcher", "min_chars": 2}, "linker")
     names = [f"<http://dbpedia.org/resource/Person_{a}_{b}_Smith>" for a in range(250) for b in range(256)]
     graph = _graph(names)
-    start = time.perf_counter()
     linker.fit(graph)
-    assert time.perf_counter() - start < 10.0
-    texts = [f"have you seen person {n % 250} {n % 256} smith in that movie with the great ending" for n in range(5000)]
-    start = time.perf_counter()
-    linked = [linker.link(t) for t in texts]
-    rate = len(texts) / (time.perf_counter() - start)
-    assert rate > 5000
-    assert graph.nodes[linked[7][0]] == "<http://dbpedia.org/resource/Person_7_7_Smith>"
+    pairs = [(n % 250, n * 7 % 256) for n in range(300)]
+    texts = [f"have you seen person {a} {b} smith in that movie with the great ending" for a, b in pairs]
+    linked = [[graph.nodes[i] for i in linker.link(t)] for t in texts]
+    assert linked == [[f"<http://dbpedia.org/resource/Person_{a}_{b}_Smith>"] for a, b in pairs]
