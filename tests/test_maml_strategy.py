@@ -360,3 +360,46 @@ def test_segmented_matmul_has_a_second_derivative_matching_plain_matmuls():
             for a, b in zip((*ours[1], *ours[2]), (*grads, *second)):
                 torch.testing.assert_close(a, b)
     assert torch.autograd.gradgradcheck(lambda r, w: segmented_matmul(r, w, sizes), (rows, weights))
+
+
+def test_an_rgcn_layer_is_twice_differentiable():
+    """Second-order MAML through R-GCN: DGL's SpMM and the segmented matmul both have a double backward."""
+    import numpy as np
+
+    from crs.compat.dgl import bipartite_from_edges
+    from crs.plugins.kgsf.rgcn import BasisRelationalLayer, relation_pairs
+
+    torch.manual_seed(0)
+    nodes, relations = 6, 3
+    pairs = relation_pairs(np.array([0, 1, 2, 3, 4, 5, 0, 2]), np.array([1, 2, 3, 4, 5, 0, 3, 5]),
+                           np.array([0, 1, 2, 0, 1, 2, 1, 0]), nodes, relations)
+    graph = bipartite_from_edges(torch.from_numpy(pairs.edge_src), torch.from_numpy(pairs.edge_pair), nodes,
+                                 len(pairs.pair_dst))
+    layer = BasisRelationalLayer(4, 4, relations, 2).double()
+    weight = torch.from_numpy(pairs.edge_weight).double().unsqueeze(-1)
+
+    def run(h, bases, coefficients, root):
+        params = {"bases": bases, "coefficients": coefficients, "root": root}
+        return torch.func.functional_call(layer, params, (h, graph, weight, torch.from_numpy(pairs.pair_dst),
+                                                          pairs.pairs_per_relation.tolist()))
+
+    inputs = (torch.randn(nodes, 4, dtype=torch.float64, requires_grad=True),
+              *(p.detach().clone().requires_grad_(True) for p in (layer.bases, layer.coefficients, layer.root)))
+    assert torch.autograd.gradgradcheck(run, inputs)
+
+
+def test_accumulating_meta_batches_is_one_larger_meta_batch(tmp_path):
+    """`accumulate: 2` over meta-batches of one user steps like meta-batches of two users (mean gradient)."""
+    points = user_points(4, seed=30)
+    whole = fit([stage({"meta_batch_users": 2, "split": "ordered"}, optimizer=SGD_1)], points, tmp_path / "two",
+                dtype=torch.float64)
+    halves_ = fit([stage({"meta_batch_users": 1, "split": "ordered"}, optimizer=SGD_1, accumulate=2)], points,
+                  tmp_path / "one", dtype=torch.float64)
+    for name, value in whole.model.state_dict().items():
+        torch.testing.assert_close(halves_.model.state_dict()[name], value, rtol=1e-12, atol=1e-12)
+    from crs.plugins.training.maml import MAMLConfig, MAMLStrategy
+    from crs.training.stage import plan_stage
+
+    strategy = MAMLStrategy(MAMLConfig(meta_batch_users=1), BuildDeps(path="s"))
+    plan = plan_stage(halves_, stage({"meta_batch_users": 1}, accumulate=2), 0)
+    assert strategy.steps_per_epoch(plan) == 2  # 4 meta-batches, an optimizer step every 2
