@@ -1,0 +1,168 @@
+"""Tests that kill mutants mutmut left alive in plugins/metrics and evaluation/text.py (see TESTING.md).
+
+Each test pins a value or a message that a surviving mutant changed without any other test noticing:
+BLEU's defaults and edge guards, the brevity penalty above the reference length, the individual
+weights of orders above 2, strict pairing of hypotheses and references, the item-ratio error.
+"""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from crs.errors import ConfigError
+from crs.evaluation.text import bleu_from_counts, sentence_bleu
+from crs.interfaces import BuildDeps
+from crs.plugins.metrics.conversation import BLEU, F1, Dist, ItemRatio, Perplexity
+from crs.plugins.metrics.protocols import FreshProtocol, UserAdaptProtocol
+
+
+def build(cls, path="evaluation.metrics.0", **options):
+    return cls(cls.Config(**options), BuildDeps(path=path))
+
+
+# --------------------------------------------------------------------- BLEU arithmetic
+def test_bleu_defaults_to_the_cumulative_geometric_mean():
+    # p1 = 3/4, p2 = (1 + 1) / (3 + 1) = 1/2: the geometric mean, not p2 alone.
+    assert bleu_from_counts([3, 1], [4, 3], 4, 4) == pytest.approx(math.sqrt(0.75 * 0.5))
+    assert sentence_bleu(["a", "b", "c", "d"], ["a", "b", "x", "d"], 2) == pytest.approx(math.sqrt(0.75 * 0.5))
+
+
+def test_individual_bleu_uses_the_highest_order_alone():
+    # Three orders with different precisions: the individual score is p3, neither p1 nor p2.
+    p2, p3 = (2 + 1) / (3 + 1), (0 + 1) / (2 + 1)
+    assert bleu_from_counts([4, 2, 0], [4, 3, 2], 4, 4, cumulative=False) == pytest.approx(p3)
+    assert p2 != pytest.approx(p3)
+
+
+def test_bleu_of_an_empty_hypothesis_or_no_unigram_is_zero_without_dividing():
+    assert bleu_from_counts([1], [1], 0, 3) == 0.0  # hyp_len 0 alone: the brevity penalty would divide by it
+    assert bleu_from_counts([1], [0], 2, 2) == 0.0  # no unigram counted: the precision would divide by 0
+
+
+def test_no_brevity_penalty_for_a_hypothesis_longer_than_the_reference():
+    # hyp 3 words, ref 2; p1 = 2/3. A penalty exp(1 - 2/3) (or any factor) would change the value.
+    assert bleu_from_counts([2], [3], 3, 2) == pytest.approx(2 / 3)
+    assert sentence_bleu(["a", "b", "c"], ["a", "b"], 1) == pytest.approx(2 / 3)
+
+
+def test_bleu_metric_refuses_unpaired_hypotheses_and_references():
+    for mode in ("sentence", "corpus"):
+        bleu = build(BLEU, ns=[1], mode=mode)
+        with pytest.raises(ValueError):
+            bleu.update([["a"], ["b"]], [["a"]])
+    f1 = build(F1)
+    with pytest.raises(ValueError):
+        f1.update([["a"]], [["a"], ["b"]])
+
+
+def test_corpus_bleu_sums_reference_lengths_and_keeps_the_weights():
+    # Two replies of 2 and 1 words against references of 2 and 3: corpus lengths 3 vs 5, so the brevity
+    # penalty is exp(1 - 5/3); unigram precision 3/3 (every hypothesis word is in its reference).
+    hyps, refs = [["a", "b"], ["c"]], [["a", "b"], ["c", "d", "e"]]
+    cumulative = build(BLEU, ns=[1], mode="corpus")
+    cumulative.update(hyps, refs)
+    assert cumulative.compute()["gen.bleu-1"] == pytest.approx(math.exp(1 - 5 / 3))
+    # Individual weights in corpus mode: the bigram precision alone, (1 + 1) / (1 + 1) = 1, times the penalty.
+    individual = build(BLEU, ns=[2], mode="corpus", weights="individual")
+    individual.update(hyps, refs)
+    assert individual.compute()["gen.bleu-2"] == pytest.approx(math.exp(1 - 5 / 3))
+    both = build(BLEU, ns=[2], mode="corpus")
+    both.update(hyps, refs)
+    assert both.compute()["gen.bleu-2"] == pytest.approx(math.exp(1 - 5 / 3))  # sqrt(1 * 1) as well
+    # A unigram miss separates the two weightings: p1 = 2/3, p2 = (1 + 1) / (1 + 1).
+    hyps, refs = [["a", "b"], ["x"]], [["a", "b"], ["c", "d", "e"]]
+    for weights, expected in (("cumulative", math.sqrt(2 / 3)), ("individual", 1.0)):
+        metric = build(BLEU, ns=[2], mode="corpus", weights=weights)
+        metric.update(hyps, refs)
+        assert metric.compute()["gen.bleu-2"] == pytest.approx(expected * math.exp(1 - 5 / 3))
+
+
+@pytest.mark.parametrize("cls, fix", [(Dist, "e.g. `ns: [2, 3, 4]`"), (BLEU, "e.g. `ns: [1, 2, 3, 4]`")])
+def test_bad_orders_are_a_config_error_at_the_ns_key(cls, fix):
+    with pytest.raises(ConfigError) as caught:
+        build(cls, path="evaluation.metrics.2", ns=[0])
+    assert caught.value.path == "evaluation.metrics.2.ns"
+    assert caught.value.fix == fix
+    assert build(cls, ns=[3, 1]).config.ns == [3, 1]  # the component keeps its config as given
+
+
+# --------------------------------------------------------------------- item ratio, dist, ppl
+def test_item_ratio_with_an_empty_prefix_is_a_config_error_at_its_key():
+    with pytest.raises(ConfigError) as caught:
+        build(ItemRatio, path="evaluation.metrics.3", prefix="")
+    assert caught.value.path == "evaluation.metrics.3.prefix"
+    assert caught.value.problem == "the item-token prefix is empty"
+    assert caught.value.fix == "use `prefix: '@'`"
+
+
+def test_item_ratio_before_any_reply_is_nan_and_counts_a_custom_prefix():
+    ratio = build(ItemRatio, prefix="#")
+    assert math.isnan(ratio.compute()["gen.item_ratio"])
+    ratio.update([["#7", "x"], ["@7"], ["y"]], [[]] * 3)
+    assert ratio.compute()["gen.item_ratio"] == pytest.approx(1 / 3)
+
+
+def test_perplexity_overflows_to_inf_only_from_a_mean_of_700():
+    ppl = build(Perplexity)
+    ppl.update(699.0, 1)
+    assert ppl.compute()["gen.ppl"] == pytest.approx(math.exp(699.0))
+    ppl.reset()
+    ppl.update(700.0, 1)
+    assert ppl.compute()["gen.ppl"] == float("inf")
+
+
+def test_dist_counts_each_sentence_once_for_every_order():
+    dist = build(Dist, ns=[1, 2])
+    dist.update([["a", "b", "a"], ["c"]], [[], []])
+    # 1-grams: {a, b, c} of 4; 2-grams: {ab, ba} of 2; two sentences.
+    assert dist.compute() == {"gen.dist-1/sentences": 1.5, "gen.dist-1/ngrams": 0.75,
+                              "gen.dist-2/sentences": 1.0, "gen.dist-2/ngrams": 1.0}
+
+
+# --------------------------------------------------------------------- protocols
+def test_fresh_mask_leaves_other_rows_and_unmentioned_items_alone():
+    protocol = FreshProtocol(FreshProtocol.Config(), BuildDeps(path="evaluation.protocols.0"))
+    batch = {"batch.context_items": torch.tensor([[3, 0], [1, 2]]),
+             "batch.context_items_mask": torch.tensor([[1, 0], [1, 1]])}
+    mask = protocol.candidate_mask(batch, 5)
+    assert mask.dtype == torch.bool
+    assert mask.tolist() == [[True, True, True, False, True], [True, False, False, True, True]]
+
+
+def _user_adapt(**blocks):
+    from crs.plugins.metrics.protocols import ConvAdaptConfig, RecAdaptConfig
+
+    config = UserAdaptProtocol.Config(rec_adapt=RecAdaptConfig(**blocks.get("rec", {})),
+                                      conv_adapt=ConvAdaptConfig(**blocks.get("conv", {})))
+    return UserAdaptProtocol(config, BuildDeps(path="evaluation.protocols.1"))
+
+
+@pytest.mark.parametrize("blocks, path, problem, fix", [
+    ({"rec": {"steps": -1}}, "rec_adapt.steps", "must be >= 0 (0 = no adaptation), got -1", ""),
+    ({"conv": {"steps": -2}}, "conv_adapt.steps", "must be >= 0 (0 = no adaptation), got -2", ""),
+    ({"rec": {"lr": 0.0}}, "rec_adapt.lr", "must be a positive number, got 0.0",
+     "CCRS uses 0.006 (rec) and 3e-4 (conv)"),
+    ({"conv": {"lr": float("nan")}}, "conv_adapt.lr", "must be a positive number, got nan",
+     "CCRS uses 0.006 (rec) and 3e-4 (conv)"),
+    ({"rec": {"lr": float("inf")}}, "rec_adapt.lr", "must be a positive number, got inf",
+     "CCRS uses 0.006 (rec) and 3e-4 (conv)"),
+    ({"conv": {"inner": []}}, "conv_adapt.inner", "no parameter pattern is given",
+     "list globs over <slot>.<param>, e.g. ['*'] or ['generator.encoder.*']"),
+])
+def test_user_adapt_checks_each_block_and_names_its_key(blocks, path, problem, fix):
+    with pytest.raises(ConfigError) as caught:
+        _user_adapt(**blocks)
+    assert (caught.value.path, caught.value.problem, caught.value.fix) == (f"evaluation.protocols.1.{path}",
+                                                                            problem, fix)
+
+
+def test_user_adapt_accepts_zero_steps_and_keeps_its_defaults():
+    protocol = _user_adapt(rec={"steps": 0}, conv={"steps": 0})
+    assert protocol.adapts is True and protocol.id == "user-adapt-v1"
+    config = UserAdaptProtocol.Config()
+    assert (config.rec_adapt.steps, config.rec_adapt.lr, config.rec_adapt.inner, config.rec_adapt.objectives) == (
+        1, 0.006, ["*"], {"rec": 1.0})
+    assert (config.conv_adapt.lr, config.conv_adapt.objectives) == (3e-4, {"gen": 1.0})
+    assert (config.split.order, config.split.single, config.split.unit) == ("conversation_id", "query_only", "user")
