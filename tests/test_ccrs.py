@@ -300,3 +300,88 @@ def test_redial_test_seekers_are_not_train_seekers():
     users = {split: {c.user_id for c in convs} for split, convs in corpus.splits.items()}
     assert len(users["train"]) == 425 and len(users["test"]) == 97  # the spec's seeker counts
     assert not users["train"] & users["test"]
+
+
+# ------------------------------------------------------------------ demo corpus with users to adapt to
+SMALL_DEMO = dict(seed=7, n_items=120, n_people=60, n_users=40, n_train=200, n_valid=30, n_test=30)
+
+
+def _fresh_demo(**config):
+    from dataclasses import astuple
+
+    from crs.plugins.demo.corpus import DemoConfig, _corpus
+
+    config = DemoConfig(**config)
+    return config, _corpus.__wrapped__(astuple(config))  # past the per-process cache
+
+
+def test_demo_test_users_can_be_kept_apart_from_train_users():
+    from collections import Counter
+
+    _, corpus = _fresh_demo(**SMALL_DEMO, disjoint_test_users=True)
+    assert {k: len(v) for k, v in corpus.splits.items()} == {"train": 200, "valid": 30, "test": 30}
+    seen = {c.user_id for split in ("train", "valid") for c in corpus.splits[split]}
+    test = Counter(c.user_id for c in corpus.splits["test"])
+    assert not seen & set(test)
+    assert min(test.values()) >= 2 and corpus.report["test_users"] == len(test) == 5  # 40 users x 30/260, rounded
+    _, mixed = _fresh_demo(**SMALL_DEMO)  # the default: test users also talk in train
+    assert {c.user_id for c in mixed.splits["train"]} & {c.user_id for c in mixed.splits["test"]}
+
+
+def test_the_default_demo_corpus_is_unchanged():
+    # README's sample output and every figure measured on the demo corpus come from this exact corpus
+    import hashlib
+    import json
+
+    from crs.plugins.demo.corpus import demo_corpus
+
+    digest = hashlib.sha256()
+    corpus = demo_corpus()
+    for split in ("train", "valid", "test"):
+        for conv in corpus.splits[split]:
+            turns = [(t.role, t.text, [m.id for m in t.items], [m.id for m in t.entities], t.recommended)
+                     for t in conv.turns]
+            digest.update(json.dumps([conv.id, conv.user_id, turns]).encode())
+    assert digest.hexdigest() == "b1e96deda1059186c7d14d3636c12048671f61ddc294a8bd352aaecb5f4b1183"
+
+
+def favourite_person_share(memory: float) -> float:
+    """Share of the items recommended to users with a favourite person that star or were directed by that person."""
+    import random
+
+    from crs.plugins.demo.corpus import _world
+    from crs.plugins.demo.dialogues import make_tastes
+
+    config, corpus = _fresh_demo(**SMALL_DEMO, disjoint_test_users=True, taste_memory=memory)
+    world = _world(config)
+    movies = {m.id: m for m in world.movies}
+    tastes = make_tastes(random.Random(f"demo-dialogues-{config.seed}"), world, config.n_users)  # as _corpus draws them
+    hits = total = 0
+    for conv in (c for split in corpus.splits.values() for c in split):
+        taste = tastes[int(conv.user_id[1:])]
+        if taste.person is None:
+            continue
+        for item in (i for turn in conv.turns for i in turn.recommended):
+            total += 1
+            hits += taste.person in movies[item].people
+    return hits / total
+
+
+def test_taste_memory_makes_the_recommender_follow_each_users_favourite_person():
+    without, with_memory = favourite_person_share(0.0), favourite_person_share(2.0)
+    assert with_memory > without + 0.15, (without, with_memory)
+
+
+@pytest.mark.parametrize("key,value,match", [
+    ("taste_memory", -1.0, "taste_memory"),
+    ("taste_memory", float("nan"), "taste_memory"),
+    ("n_users", 1, "disjoint_test_users"),
+])
+def test_bad_demo_user_settings_are_config_errors(key, value, match):
+    from crs.errors import ConfigError
+    from crs.plugins.demo.components import DemoDataset
+    from crs.plugins.demo.corpus import DemoConfig
+
+    config = DemoConfig(**{**SMALL_DEMO, "disjoint_test_users": True, key: value})
+    with pytest.raises(ConfigError, match=match):
+        DemoDataset(config, BuildDeps(path="data"))

@@ -20,6 +20,15 @@ def _checked(config: DemoConfig, path: str) -> DemoConfig:
         value = getattr(config, key)
         if not isinstance(value, int) or not low <= value <= high:
             raise ConfigError(f"{path}.{key}", f"{value!r} is out of range", f"use an integer in [{low}, {high}]")
+    memory = config.taste_memory
+    if isinstance(memory, bool) or not isinstance(memory, (int, float)) or not 0.0 <= memory <= 1e6:
+        raise ConfigError(f"{path}.taste_memory", f"{memory!r} is out of range",
+                          "use a number in [0, 1000000] (0: the recommender goes by what was said only)")
+    if config.disjoint_test_users and (config.n_users < 2 or config.n_test < 2):
+        raise ConfigError(f"{path}.disjoint_test_users",
+                          f"test users apart from train users need n_users >= 2 and n_test >= 2 "
+                          f"(got n_users {config.n_users}, n_test {config.n_test})",
+                          "raise n_users and n_test, or set disjoint_test_users: false")
     return config
 
 

@@ -26,6 +26,14 @@ class DemoConfig:
     n_train: int = 1200
     n_valid: int = 150
     n_test: int = 150
+    # true: the test conversations belong to users who have none in train or valid (as ReDial's official test
+    # seekers), at least two each, so a test user's earlier conversations can serve as adaptation support (CCRS)
+    disjoint_test_users: bool = False
+    # how much the recommender favours what it remembers of each user's hidden taste: the favourite person's movies
+    # score taste_memory (a person named in the dialogue scores 4), and among the best candidates a movie that fits
+    # the taste weighs 1 + taste_memory times its popularity. 0: it goes by what was said only, so a user's other
+    # conversations tell nothing the context does not; > 0 gives per-user adaptation something to find
+    taste_memory: float = 0.0
 
 
 def _world(config: DemoConfig):
@@ -38,11 +46,14 @@ def _corpus(key: tuple) -> Corpus:
     world = _world(config)
     rng = random.Random(f"demo-dialogues-{config.seed}")
     tastes = make_tastes(rng, world, config.n_users)
-    writer = DialogueWriter(world, rng)
+    writer = DialogueWriter(world, rng, taste_memory=config.taste_memory)
     conversations = []
     total = config.n_train + config.n_valid + config.n_test
-    owners = [n % config.n_users for n in range(total)]  # balanced: every user gets several dialogues
-    rng.shuffle(owners)
+    if config.disjoint_test_users:
+        owners = _disjoint_owners(rng, config)
+    else:
+        owners = [n % config.n_users for n in range(total)]  # balanced: every user gets several dialogues
+        rng.shuffle(owners)
     for n, user in enumerate(owners):
         conversations.append(writer.conversation(f"demo-{n:05d}", f"u{user:04d}", tastes[user]))
     a, b = config.n_train, config.n_train + config.n_valid
@@ -55,7 +66,26 @@ def _corpus(key: tuple) -> Corpus:
         items[movie.id] = Item(movie.id, movie.title, movie.node, meta)
     report = {"generated": True, "seed": config.seed,
               "conversations": {k: len(v) for k, v in splits.items()}, "items": len(items)}
+    if config.disjoint_test_users:
+        report["test_users"] = len({c.user_id for c in splits["test"]})
     return Corpus("demo", splits, items, report)
+
+
+def _disjoint_owners(rng: random.Random, config: DemoConfig) -> list[int]:
+    """The user of each conversation, test users apart: about their share of the conversations, two or more each.
+
+    Test users are the last ones (the count keeps the corpus-wide conversations per user,
+    but never under two per test user); train and valid take the others round robin.
+    """
+    total = config.n_train + config.n_valid + config.n_test
+    n_test_users = max(1, min(round(config.n_users * config.n_test / total), config.n_test // 2,
+                              config.n_users - 1))
+    first_test_user = config.n_users - n_test_users
+    seen = [n % first_test_user for n in range(config.n_train + config.n_valid)]
+    unseen = [first_test_user + n % n_test_users for n in range(config.n_test)]
+    rng.shuffle(seen)
+    rng.shuffle(unseen)
+    return seen + unseen
 
 
 def demo_corpus(config: DemoConfig = DemoConfig()) -> Corpus:

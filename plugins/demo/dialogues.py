@@ -49,8 +49,11 @@ def make_tastes(rng: random.Random, world: World, n_users: int) -> list[Taste]:
 class DialogueWriter:
     """Writes one conversation at a time; all randomness comes from the given rng."""
 
-    def __init__(self, world: World, rng: random.Random):
+    def __init__(self, world: World, rng: random.Random, taste_memory: float = 0.0):
         self.world, self.rng = world, rng
+        # > 0: the recommender remembers each user's taste (DemoConfig.taste_memory) and leans towards it
+        self.taste_memory = taste_memory
+        self._taste: Taste | None = None  # the taste of the user being served, when remembered
 
     # ----------------------------------------------------------- recommender logic
     def _scores(self, state: _State) -> dict[int, float]:
@@ -62,6 +65,9 @@ class DialogueWriter:
                 if m not in state.mentioned:
                     scores[m] = scores.get(m, 0.0) + weight
 
+        if self._taste is not None and self._taste.person is not None:
+            # a returning user's favourite person, remembered from earlier conversations though not said in this one
+            add(world.movies_by_person.get(self._taste.person, ()), self.taste_memory)
         for g in state.genres:
             add(world.movies_by_genre.get(g, ()), 2.0)
         for p in state.people:
@@ -81,16 +87,21 @@ class DialogueWriter:
         scores = self._scores(state)
         if not scores:  # nothing revealed: fall back to popular movies
             pool = [i for i in range(len(self.world.movies)) if i not in state.mentioned]
-            return self._weighted_sample(pool, k)
+            return self._weighted_sample(pool, k, self._taste)
         best = max(scores.values())
         top = [i for i, s in scores.items() if s >= best - 1.0]
-        return self._weighted_sample(top, k)
+        return self._weighted_sample(top, k, self._taste)
 
-    def _weighted_sample(self, pool: list[int], k: int) -> list[int]:
+    def _weighted_sample(self, pool: list[int], k: int, taste: Taste | None = None) -> list[int]:
+        """`k` movies drawn by popularity; with a remembered `taste`, fitting ones weigh 1 + taste_memory times more."""
         chosen: list[int] = []
         pool = list(pool)
         while pool and len(chosen) < k:
-            pick = self.rng.choices(pool, weights=[self.world.movies[i].popularity for i in pool])[0]
+            weights = [self.world.movies[i].popularity for i in pool]
+            if taste is not None:
+                weights = [w * (1.0 + self.taste_memory) if self.fits(taste, self.world.movies[i]) else w
+                           for w, i in zip(weights, pool)]
+            pick = self.rng.choices(pool, weights=weights)[0]
             chosen.append(pick)
             pool.remove(pick)
         return chosen
@@ -190,6 +201,7 @@ class DialogueWriter:
     # ----------------------------------------------------------- one conversation
     def conversation(self, conv_id: str, user_id: str, taste: Taste) -> Conversation:
         rng, state, turns = self.rng, _State(), []
+        self._taste = taste if self.taste_memory > 0 else None
 
         def add(role: str, text: str, items=(), entities=(), recommended=()) -> None:
             turns.append(Turn(len(turns), role, text, list(items), list(entities), list(recommended)))
