@@ -385,3 +385,30 @@ def test_bad_demo_user_settings_are_config_errors(key, value, match):
     config = DemoConfig(**{**SMALL_DEMO, "disjoint_test_users": True, key: value})
     with pytest.raises(ConfigError, match=match):
         DemoDataset(config, BuildDeps(path="data"))
+
+
+TINY_DEMO_USERS = ["data=demo-users", "data.n_items=60", "data.n_people=30", "data.n_users=24", "data.n_train=120",
+                   "data.n_valid=20", "data.n_test=36"] + [
+    f"knowledge.{source}.{key}={value}" for source in ("entity_kg", "reviews", "metadata")
+    for key, value in (("n_items", 60), ("n_people", 30))]  # the knowledge must describe the same small world
+
+
+@pytest.mark.slow
+def test_a_short_ccrs_run_adapts_to_every_test_user_of_the_demo_users_corpus(tmp_path):
+    # about 40 s: both stages meta-trained for one epoch, then one adaptation step per test user
+    import json
+
+    from crs.runner import run
+
+    run(None, ["preset=ccrs", *TINY_DEMO_USERS, "stages.0.epochs=1", "stages.1.epochs=1", "model.generator.dim=32",
+               "model.generator.ffn_dim=64", "evaluation.generate=false", "threads=1",
+               "stages.0.strategy.meta_batch_users=8", "stages.1.strategy.meta_batch_users=8"],
+        run_dir=str(tmp_path), progress=False)
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["protocols"] == ["user-adapt-v1"]
+    rec = report["adaptation"]["user-adapt-v1"]["rec"]
+    # every test user has several conversations (disjoint_test_users), so every task is adapted
+    assert rec["tasks"] == rec["adapted"] == rec["units"]["user"] >= 4 and rec["support"] > 0
+    metrics = report["metrics"]["user-adapt-v1"]
+    assert 0.0 <= metrics["rec.recall@10"] <= metrics["rec.recall@50"] <= 1.0
+    assert math.isfinite(metrics["gen.ppl"]) and metrics["gen.ppl"] > 1.0
