@@ -81,3 +81,114 @@ def test_generations_file_is_utf8_json_lines_and_an_empty_pass_empties_it(tmp_pa
     assert raw.endswith(b"\n") and raw.count(b"\n") == 2
     write_generations(tmp_path, [])
     assert path.read_bytes() == b""
+
+
+# --------------------------------------------------------------------- the terminal table
+def test_table_of_a_plain_dict_prints_missing_values_as_a_dash_and_nan_as_nan():
+    from crs.evaluation.report import format_table
+
+    table = format_table({"crslab-v1": {"rec.recall@1": 0.5, "gen.f1": float("nan")},
+                          "fresh-v1": {"rec.recall@1": 0.25}}, digits=2)
+    assert table.splitlines() == ["metric        crslab-v1  fresh-v1",
+                                  "------------  ---------  --------",
+                                  "rec.recall@1       0.50      0.25",
+                                  "gen.f1              nan         -"]
+    assert format_table({}) == "(no evaluation results)"
+
+
+# --------------------------------------------------------------------- report.json
+def test_report_json_holds_every_section_the_module_doc_lists(tmp_path):
+    import datetime
+    import json
+    from pathlib import Path
+
+    from crs.evaluation.evaluator import EvaluationResults
+    from crs.evaluation.report import DEFINITIONS, write_report
+
+    results = EvaluationResults({"crslab-v1": {"rec.recall@1": 0.5, "gen.ppl": 40.0, "gen.f1": float("inf")}})
+    results.examples = [{"context": "hi", "reference": "yes", "hypothesis": "no"}]
+    results.timings = {"rec/crslab-v1": 1.23456, "conv": 0.0004}
+    results.sample_counts = {"crslab-v1": {"rec": 2, "conv": 3, "gen": 3}}
+    results.withheld = {"crslab-v1": {"gen.ppl": "untrained"}}
+    results.adaptation = {"user-adapt-v1": {"rec": {"tasks": 1}}}
+    path = write_report(tmp_path, results, resolved_config={"seed": 1}, extra={"data": Path("d")})
+    assert path == tmp_path / "report.json"
+    report = json.loads(path.read_text(encoding="utf-8"))
+    written = datetime.datetime.fromisoformat(report.pop("written_at"))
+    assert written.tzinfo is not None and written.utcoffset() == datetime.timedelta(0) and written.microsecond == 0
+    assert report == {
+        "format": "crs-report/1",
+        "protocols": ["crslab-v1"],
+        "metrics": {"crslab-v1": {"rec.recall@1": 0.5, "gen.ppl": None, "gen.f1": None}},
+        "sample_counts": {"crslab-v1": {"rec": 2, "conv": 3, "gen": 3}},
+        "withheld": {"crslab-v1": {"gen.ppl": "untrained"}},
+        "adaptation": {"user-adapt-v1": {"rec": {"tasks": 1}}},
+        "definitions": DEFINITIONS,
+        "config": {"seed": 1},
+        "extra": {"data": "d", "examples": results.examples,
+                  "evaluation_timings_s": {"rec/crslab-v1": 1.235, "conv": 0.0}},
+    }
+
+
+def test_report_keeps_the_callers_examples_and_timings_and_reads_plain_dicts(tmp_path):
+    import json
+
+    from crs.evaluation.evaluator import EvaluationResults
+    from crs.evaluation.report import write_report
+
+    results = EvaluationResults({"p": {"rec.mrr@10": 0.1}})
+    results.examples, results.timings = [{"context": "ours"}], {"conv": 2.0}
+    extra = {"examples": [{"context": "theirs"}], "evaluation_timings_s": {"conv": 9.0}}
+    report = json.loads(write_report(tmp_path, results, resolved_config={}, extra=extra).read_text())
+    assert report["extra"] == extra
+    plain = json.loads(write_report(tmp_path, {"p": {"rec.mrr@10": 0.1}}, resolved_config={}).read_text())
+    assert plain["extra"] == {} and plain["sample_counts"] == {}
+    assert "withheld" not in plain and "adaptation" not in plain
+
+
+def test_table_marks_withheld_values_and_lists_each_reason_once_with_its_protocols():
+    from crs.evaluation.evaluator import EvaluationResults
+    from crs.evaluation.report import format_table
+
+    results = EvaluationResults({"crslab-v1": {"rec.recall@1": 0.5, "gen.ppl": 40.0},
+                                 "user-adapt-v1": {"rec.recall@1": 0.123456, "gen.ppl": 41.0}})
+    results.withheld = {"crslab-v1": {"gen.ppl": "untrained"},
+                        "user-adapt-v1": {"gen.ppl": "untrained", "rec.recall@1": "keeps none"}}
+    results.sample_counts = {"crslab-v1": {"rec": 12}, "user-adapt-v1": {}}
+    assert format_table(results).splitlines() == [
+        "metric         crslab-v1  user-adapt-v1",
+        "-------------  ---------  -------------",
+        "rec.recall@1      0.5000            n/a",
+        "gen.ppl              n/a            n/a",
+        "(rec samples)         12              -",
+        "n/a gen.ppl: untrained",
+        "n/a rec.recall@1: keeps none (user-adapt-v1)",
+    ]
+    three = EvaluationResults({"a": {"x": 1.0}, "b": {"x": 1.0}, "c": {"x": 1.0}})
+    three.withheld = {"a": {"x": "why"}, "c": {"x": "why"}}
+    assert format_table(three, digits=1).splitlines()[-1] == "n/a x: why (a, c)"
+
+
+# --------------------------------------------------------------------- crs compare's numbers
+def test_an_unknown_metric_lists_the_known_names():
+    import numpy as np
+
+    from crs.evaluation.significance import gains
+
+    with pytest.raises(ValueError) as caught:
+        gains(np.array([1.0]), "hits@10")
+    assert str(caught.value) == "unknown metric 'hits@10': use NAME@k with NAME one of recall, mrr, ndcg"
+
+
+def test_compare_runs_defaults_to_ten_thousand_resamples_from_seed_zero(tmp_path):
+    from crs.evaluation import write_rankings
+    from crs.evaluation.significance import compare_runs
+
+    ranks_a, ranks_b = [1, 3, 20, 2, 8, 1, 60, 4], [2, 30, 1, 9, 11, 5, 2, 70]
+    for name, ranks in (("a", ranks_a), ("b", ranks_b)):
+        write_rankings(tmp_path / name, {"crslab-v1": [{"conv_id": f"c{i}", "turn": 1, "target": f"i{i}",
+                                                        "rank": r, "top": []} for i, r in enumerate(ranks)]})
+    default = compare_runs(tmp_path / "a", tmp_path / "b", metrics=["mrr@10"])
+    assert [row.resamples for row in default] == [10_000]
+    assert default == compare_runs(tmp_path / "a", tmp_path / "b", metrics=["mrr@10"], resamples=10_000, seed=0)
+    assert default != compare_runs(tmp_path / "a", tmp_path / "b", metrics=["mrr@10"], resamples=10_000, seed=1)
