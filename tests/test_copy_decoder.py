@@ -99,6 +99,12 @@ def record_copy_attention(decoder, monkeypatch):
     return recorded
 
 
+def token_of(vocab, node):
+    """The vocab id a context node copies to: its word, or for an item's entity node the item's token."""
+    items = {entity: item for item, entity in ITEMS.items()}
+    return vocab.index[item_token(items[node])] if node in items else vocab.index[node]
+
+
 def copy_term(decoder, inputs):
     """(P, copy mass, p_gen) of each reply position: copy mass = P - p_gen * Pr1 = (1 - p_gen) * Pr2."""
     with torch.no_grad():
@@ -155,12 +161,6 @@ def test_copy_attention_favours_the_node_aligned_with_the_decoder_query(aligned,
 
     generated = decoder.generate(inputs, max_len=1)
     assert generated[:, 0].tolist() == tokens  # greedy decoding copies the aligned node's token
-
-
-def token_of(vocab, node):
-    """The vocab id a context node copies to: its word, or for an item's entity node the item's token."""
-    items = {entity: item for item, entity in ITEMS.items()}
-    return vocab.index[item_token(items[node])] if node in items else vocab.index[node]
 
 
 def test_copy_mass_goes_to_every_context_node_token_items_included_and_nowhere_else():
