@@ -21,7 +21,9 @@ import torch
 
 from crs.config.spec import OptimizerSpec, ScheduleSpec, StageSpec
 from crs.errors import ConfigError
-from crs.interfaces import BuildDeps
+from crs.interfaces import BuildDeps, ModelComponent, Port
+from crs.pipeline.model import PipelineModel
+from crs.pipeline.wiring import BATCH_KEYS, wire
 from crs.training import Trainer, meta
 
 TESTS_DIR = Path(__file__).parent
@@ -66,8 +68,9 @@ class SimulatedKill(Exception):
 class MetaPipeline:
     """The pipeline API the trainer uses, over a real PipelineModel; strategies come from the real registry."""
 
-    def __init__(self, stages: list[StageSpec], train: list[Point], *, dtype: torch.dtype = torch.float32):
-        self.model = make_model(seed=1, dtype=dtype)
+    def __init__(self, stages: list[StageSpec], train: list[Point], *, dtype: torch.dtype = torch.float32,
+                 model: Any = None):
+        self.model = model if model is not None else make_model(seed=1, dtype=dtype)
         self.dtype = dtype
         self.spec = types.SimpleNamespace(stages=stages, seed=3, evaluation=types.SimpleNamespace(protocols=[]))
         self.resolved = {"name": "maml-toy"}
@@ -403,3 +406,56 @@ def test_accumulating_meta_batches_is_one_larger_meta_batch(tmp_path):
     strategy = MAMLStrategy(MAMLConfig(meta_batch_users=1), BuildDeps(path="s"))
     plan = plan_stage(halves_, stage({"meta_batch_users": 1}, accumulate=2), 0)
     assert strategy.steps_per_epoch(plan) == 2  # 4 meta-batches, an optimizer step every 2
+
+
+# ------------------------------------------------------------------ attention, precision
+class AttendedFeatures(ModelComponent):
+    """softmax attention of the batch's points over each other (F.scaled_dot_product_attention), then a sum."""
+
+    def __init__(self, config: Any, deps: BuildDeps):
+        super().__init__(config, deps)
+        self.W = torch.nn.Linear(D, D, bias=False)
+
+    def input_ports(self) -> dict[str, Port]:
+        return {"x": Port("batch.x")}
+
+    def output_ports(self) -> dict[str, Port]:
+        return {"h": Port("features", 1)}
+
+    def forward(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        keys = self.W(inputs["x"])[None, None]  # (1, 1, B, D): one head, one sequence of the batch's points
+        attended = torch.nn.functional.scaled_dot_product_attention(keys, keys, keys)
+        return {"h": (attended[0, 0] * inputs["x"]).sum(-1)}
+
+
+def attention_model() -> PipelineModel:
+    torch.manual_seed(1)
+    deps = BuildDeps(path="model")
+    slots = {"features": AttendedFeatures(None, deps), "head": make_model(seed=1).slots["head"]}
+    return PipelineModel(slots, wire(slots, {}, BATCH_KEYS | {"batch.x", "batch.y"}))
+
+
+def test_second_order_through_attention_uses_the_math_kernel(tmp_path):
+    """The fused CPU attention kernel has no double backward; the strategy's second-order passes avoid it."""
+    points = user_points(2, seed=31)
+    before = {k: v.clone() for k, v in attention_model().state_dict().items()}
+    pipeline = fit([stage({"meta_batch_users": 2, "outer_only": []})], points, tmp_path, model=attention_model())
+    after = pipeline.model.state_dict()
+    assert all(torch.isfinite(v).all() for v in after.values())
+    assert not torch.equal(after["slots.features.W.weight"], before["slots.features.W.weight"])
+    # without the math kernel, the same second-order gradient fails on the CPU
+    model, (support, _) = attention_model(), halves(points)[0]
+    params = meta.named_parameters(model)
+    loss = meta.functional_compute(model, params, collate(support), ["loss.mse"])["loss.mse"]
+    fast = meta.inner_update(loss, params, INNER_LR, first_order=False)
+    with pytest.raises(RuntimeError, match="derivative for .*scaled_dot_product"):
+        torch.autograd.grad(fast["features.W.weight"].sum(), [params["features.W.weight"]])
+
+
+def test_second_order_maml_trains_under_bf16_autocast(tmp_path):
+    points = user_points(4, seed=32)
+    initial = make_model(seed=1)
+    trained = fit([stage({"meta_batch_users": 2}, precision="bf16")], points, tmp_path).model
+    weights = trained.slots["features"].W.weight
+    assert torch.isfinite(weights).all() and weights.dtype == torch.float32
+    assert not torch.equal(weights, initial.slots["features"].W.weight)
