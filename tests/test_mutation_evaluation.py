@@ -192,3 +192,107 @@ def test_compare_runs_defaults_to_ten_thousand_resamples_from_seed_zero(tmp_path
     assert [row.resamples for row in default] == [10_000]
     assert default == compare_runs(tmp_path / "a", tmp_path / "b", metrics=["mrr@10"], resamples=10_000, seed=0)
     assert default != compare_runs(tmp_path / "a", tmp_path / "b", metrics=["mrr@10"], resamples=10_000, seed=1)
+
+
+# --------------------------------------------------------------------- rankings.jsonl as crs compare reads it
+def _rankings_file(folder, lines):
+    import json
+
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "rankings.jsonl"
+    path.write_text("".join((line if isinstance(line, str) else json.dumps(line)) + "\n" for line in lines),
+                    encoding="utf-8")
+    return path
+
+
+def test_rankings_skip_blank_lines_anywhere_and_read_ties_only_for_ranked_targets(tmp_path):
+    from crs.evaluation.significance import load_rankings
+
+    _rankings_file(tmp_path, [
+        {"protocol": "crslab-v1", "conv_id": "c1", "turn": 1, "target": "é", "rank": 2.5, "ties": 3},
+        "",
+        {"protocol": "crslab-v1", "conv_id": "c2", "turn": 3, "target": 7, "rank": None, "ties": 4},
+        "   ",
+        {"protocol": "fresh-v1", "conv_id": "c3", "turn": 0, "target": "x", "rank": 4},  # written before ties
+    ])
+    assert load_rankings(tmp_path) == {"crslab-v1": {("c1", 1, "é"): (2.5, 3.0), ("c2", 3, "7"): (float("inf"), 0.0)},
+                                       "fresh-v1": {("c3", 0, "x"): (4.0, 0.0)}}
+
+
+def test_rankings_errors_name_the_file_the_line_and_the_fix(tmp_path):
+    from crs.errors import DataError
+    from crs.evaluation.significance import load_rankings
+
+    with pytest.raises(DataError) as caught:
+        load_rankings(tmp_path / "empty")
+    assert str(caught.value) == (f"{tmp_path / 'empty' / 'rankings.jsonl'}: no per-sample rankings in this run folder"
+                                 "\n  fix: point at the run_dir of a finished `crs run` (it writes rankings.jsonl "
+                                 "next to report.json); rerun older runs to get one")
+    path = _rankings_file(tmp_path / "bad", [
+        {"protocol": "p", "conv_id": "c", "turn": 1, "target": "t", "rank": 1},
+        {"protocol": "p", "conv_id": "c", "turn": 2, "target": "t", "rank": 0.5, "ties": 0},
+    ])
+    with pytest.raises(DataError) as caught:
+        load_rankings(tmp_path / "bad")
+    assert str(caught.value) == (f"{path}:2: malformed ranking record (rank 0.5 / ties 0 out of range)"
+                                 "\n  fix: the file is written by `crs run`; rerun the evaluation to rewrite it")
+    _rankings_file(tmp_path / "negative", [{"protocol": "p", "conv_id": "c", "turn": 1, "target": "t", "rank": 3,
+                                            "ties": -1}])
+    with pytest.raises(DataError, match=r"rankings.jsonl:1: malformed ranking record \(rank 3 / ties -1 out"):
+        load_rankings(tmp_path / "negative")
+
+
+# --------------------------------------------------------------------- the paired bootstrap, exactly
+def _documented_bootstrap(a, b, resamples, seed, level):
+    """The module doc's procedure, written out: joint index draws from default_rng(seed) in chunks of
+    1000 resamples, a percentile interval, and a p that counts zero differences half to each side."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    diffs = []
+    for start in range(0, resamples, 1000):
+        idx = rng.integers(0, len(a), size=(min(1000, resamples - start), len(a)))
+        diffs.extend((a[idx] - b[idx]).mean(axis=1))
+    diffs = np.array(diffs)
+    low, high = np.quantile(diffs, [(1 - level) / 2, 1 - (1 - level) / 2])
+    below, zero, above = (diffs < 0).mean(), (diffs == 0).mean(), (diffs > 0).mean()
+    return float(low), float(high), min(1.0, 2 * min(below + zero / 2, above + zero / 2))
+
+
+@pytest.mark.parametrize("a, b, level", [
+    ([1.0, 0.0], [0.0, 0.0], 0.95),  # a quarter of the resamples differ by exactly 0
+    ([1.0, 0.0, 0.0, 1.0, 0.0], [0.0, 1.0, 0.0, 0.0, 0.0], 0.8),
+    ([0.2, 0.9, 0.4, 0.1], [0.3, 0.1, 0.5, 0.6], 0.9),
+])
+def test_bootstrap_follows_the_documented_procedure(a, b, level):
+    import numpy as np
+
+    from crs.evaluation.significance import paired_bootstrap
+
+    a, b = np.array(a), np.array(b)
+    expected = _documented_bootstrap(a, b, 2500, 0, level)
+    assert paired_bootstrap(a, b, resamples=2500, level=level) == pytest.approx(expected)
+    assert paired_bootstrap(a, b, resamples=2500, level=level, seed=0) == pytest.approx(expected)
+    assert paired_bootstrap(a, b, resamples=2500, level=level, seed=3) == pytest.approx(
+        _documented_bootstrap(a, b, 2500, 3, level))
+
+
+def test_bootstrap_p_of_the_half_zero_case_is_a_quarter_and_one_sample_is_enough():
+    import numpy as np
+
+    from crs.evaluation.significance import paired_bootstrap
+
+    _, _, p = paired_bootstrap(np.array([1.0, 0.0]), np.array([0.0, 0.0]), resamples=20_000)
+    assert p == pytest.approx(0.25, abs=0.02)  # 2 * (0 below + half of the 1/4 at zero)
+    assert paired_bootstrap(np.array([0.5]), np.array([0.25]), resamples=10) == (0.25, 0.25, 0.0)
+
+
+@pytest.mark.parametrize("a, b", [([1.0, 0.0], [1.0]), ([[1.0, 0.0]], [[0.0, 1.0]]), ([], [])])
+def test_bootstrap_refuses_unpaired_two_dimensional_or_empty_input(a, b):
+    import numpy as np
+
+    from crs.evaluation.significance import paired_bootstrap
+
+    with pytest.raises(ValueError) as caught:
+        paired_bootstrap(np.array(a), np.array(b))
+    assert str(caught.value) == "a and b must be non-empty 1-D arrays of the same length"
