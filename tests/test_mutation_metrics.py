@@ -166,3 +166,51 @@ def test_user_adapt_accepts_zero_steps_and_keeps_its_defaults():
         1, 0.006, ["*"], {"rec": 1.0})
     assert (config.conv_adapt.lr, config.conv_adapt.objectives) == (3e-4, {"gen": 1.0})
     assert (config.split.order, config.split.single, config.split.unit) == ("conversation_id", "query_only", "user")
+
+
+class _Recorder:
+    """Stands in for UserAdaptProtocol._adapt: records (task block, start, path), returns named fast weights."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, pipeline, samples, cfg, start, path):
+        self.calls.append((samples, start, path))
+        return {f"{path.rsplit('.', 1)[-1]}.w": samples}
+
+
+def _adapt_with(protocol, support, task, has_recommender=True):
+    from types import SimpleNamespace
+
+    recorder = _Recorder()
+    protocol._adapt = recorder
+    pipeline = SimpleNamespace(model=SimpleNamespace(has_recommender=has_recommender))
+    return protocol.adapt(pipeline, support, task), recorder.calls
+
+
+def test_user_adapt_runs_the_rec_steps_then_the_conv_steps_from_them():
+    protocol = _user_adapt()
+    support = {"rec": ["r"], "conv": ["c"]}
+    params, calls = _adapt_with(protocol, support, "rec")
+    assert params == {"rec_adapt.w": ["r"]}
+    assert calls == [(["r"], None, "evaluation.protocols.1.rec_adapt")]
+    params, calls = _adapt_with(protocol, support, "conv")
+    assert params == {"rec_adapt.w": ["r"], "conv_adapt.w": ["c"]}
+    assert calls == [(["r"], None, "evaluation.protocols.1.rec_adapt"),
+                     (["c"], {"rec_adapt.w": ["r"]}, "evaluation.protocols.1.conv_adapt")]
+
+
+@pytest.mark.parametrize("blocks, support, task, has_recommender, adapted", [
+    ({"rec": {"steps": 0}}, {"rec": ["r"], "conv": ["c"]}, "conv", True, ["conv_adapt"]),
+    ({}, {"rec": [], "conv": ["c"]}, "conv", True, ["conv_adapt"]),
+    ({}, {"rec": ["r"], "conv": ["c"]}, "conv", False, ["conv_adapt"]),  # no recommender to adapt
+    ({"conv": {"steps": 0}}, {"rec": ["r"], "conv": ["c"]}, "conv", True, ["rec_adapt"]),
+    ({}, {"rec": ["r"], "conv": []}, "conv", True, ["rec_adapt"]),
+    ({}, {"rec": [], "conv": ["c"]}, "rec", True, []),
+    ({"rec": {"steps": 0}}, {"rec": ["r"], "conv": ["c"]}, "rec", True, []),
+])
+def test_user_adapt_adapts_only_what_has_steps_support_and_a_slot(blocks, support, task, has_recommender, adapted):
+    params, calls = _adapt_with(_user_adapt(**blocks), support, task, has_recommender)
+    assert [path.rsplit(".", 1)[-1] for _, _, path in calls] == adapted
+    if not adapted:
+        assert params is None
