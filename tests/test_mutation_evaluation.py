@@ -296,3 +296,47 @@ def test_bootstrap_refuses_unpaired_two_dimensional_or_empty_input(a, b):
     with pytest.raises(ValueError) as caught:
         paired_bootstrap(np.array(a), np.array(b))
     assert str(caught.value) == "a and b must be non-empty 1-D arrays of the same length"
+
+
+# --------------------------------------------------------------------- ranking arithmetic inputs
+def test_rank_targets_takes_targets_of_any_integer_or_float_dtype():
+    import torch
+
+    from crs.evaluation.ranking import rank_targets
+
+    scores = torch.tensor([[0.1, 0.9, 0.5], [0.3, 0.2, 0.1]])
+    expected = rank_targets(scores, torch.tensor([2, 0]))
+    assert expected.ranks.tolist() == [2.0, 1.0]
+    for dtype in (torch.int32, torch.int16, torch.float32):
+        got = rank_targets(scores, torch.tensor([2, 0], dtype=dtype))
+        assert torch.equal(got.ranks, expected.ranks) and torch.equal(got.ties, expected.ties)
+
+
+def test_rank_targets_messages_say_what_is_wrong():
+    import torch
+
+    from crs.evaluation.ranking import rank_targets
+
+    with pytest.raises(ValueError) as caught:
+        rank_targets(torch.zeros(3), torch.tensor([0]))
+    assert str(caught.value) == "scores must be (B, n_items), got shape (3,)"
+    with pytest.raises(ValueError) as caught:
+        rank_targets(torch.zeros(2, 5), torch.tensor([0, 1, 2]))
+    assert str(caught.value) == "3 targets for 2 score rows"
+    with pytest.raises(ValueError) as caught:
+        rank_targets(torch.zeros(1, 5), torch.tensor([5]))
+    assert str(caught.value) == "target item index outside [0, 5)"
+
+
+def test_candidate_masks_of_integer_dtype_mean_allowed_where_nonzero():
+    import torch
+
+    from crs.evaluation.ranking import apply_candidate_mask
+
+    scores = torch.tensor([[1.0, 2.0, 3.0]])
+    for dtype in (torch.int64, torch.uint8, torch.float32):
+        masked = apply_candidate_mask(scores, torch.tensor([[1, 0, 2]], dtype=dtype))
+        assert masked.tolist() == [[1.0, float("-inf"), 3.0]]
+    with pytest.raises(ValueError) as caught:
+        apply_candidate_mask(scores, torch.ones(1, 2, dtype=torch.bool))
+    assert str(caught.value) == "candidate mask shape (1, 2) != scores shape (1, 3)"
