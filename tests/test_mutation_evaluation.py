@@ -340,3 +340,21 @@ def test_candidate_masks_of_integer_dtype_mean_allowed_where_nonzero():
     with pytest.raises(ValueError) as caught:
         apply_candidate_mask(scores, torch.ones(1, 2, dtype=torch.bool))
     assert str(caught.value) == "candidate mask shape (1, 2) != scores shape (1, 3)"
+
+
+def test_tied_gains_are_exact_float64_whatever_the_rank_dtype():
+    import math
+
+    import torch
+
+    from crs.evaluation.ranking import mrr_gain, ndcg_gain, recall_gain
+
+    # A target tied with two others at the top: block 1..3, mid rank 2, 2 ties.
+    mrr = (1 + 1 / 2 + 1 / 3) / 3
+    ndcg = (1 + 1 / math.log2(3) + 1 / math.log2(4)) / 3
+    for ranks, ties in ((torch.tensor([2.0], dtype=torch.float32), torch.tensor([2.0], dtype=torch.float32)),
+                        (torch.tensor([2]), torch.tensor([2])), ([2.0], [2.0])):
+        for gain, expected in ((mrr_gain, mrr), (ndcg_gain, ndcg), (recall_gain, 2 / 3)):
+            value = gain(ranks, 2 if gain is recall_gain else 10, ties)
+            assert value.dtype == torch.float64
+            assert value.item() == pytest.approx(expected, rel=1e-12, abs=0)
