@@ -358,3 +358,52 @@ def test_tied_gains_are_exact_float64_whatever_the_rank_dtype():
             value = gain(ranks, 2 if gain is recall_gain else 10, ties)
             assert value.dtype == torch.float64
             assert value.item() == pytest.approx(expected, rel=1e-12, abs=0)
+
+
+def test_compare_runs_uses_each_runs_ties_the_asked_protocols_and_bootstrap_settings(tmp_path):
+    import numpy as np
+
+    from crs.evaluation import write_rankings
+    from crs.evaluation.significance import compare_runs, gains, paired_bootstrap
+
+    def records(ranks, ties):
+        return [{"conv_id": f"c{i}", "turn": 1, "target": "t", "rank": r, "ties": t, "top": []}
+                for i, (r, t) in enumerate(zip(ranks, ties))]
+
+    a = ([1.5, 4, 2, 9], [1, 0, 2, 0])
+    b = ([2.5, 1, 3, 7], [3, 0, 0, 4])
+    write_rankings(tmp_path / "a", {"crslab-v1": records(*a), "fresh-v1": records([1], [0])})
+    write_rankings(tmp_path / "b", {"crslab-v1": records(*b), "fresh-v1": records([2], [0])})
+    rows = compare_runs(tmp_path / "a", tmp_path / "b", metrics=["recall@2"], protocols=["crslab-v1"],
+                        resamples=300, seed=5, level=0.8)
+    ga, gb = gains(np.array(a[0], float), "recall@2", np.array(a[1], float)), gains(
+        np.array(b[0], float), "recall@2", np.array(b[1], float))
+    low, high, p = paired_bootstrap(ga, gb, resamples=300, seed=5, level=0.8)
+    assert rows == [Comparison("crslab-v1", "recall@2", 4, float(ga.mean()), float(gb.mean()), low, high, p, 300)]
+    assert gb.mean() != gains(np.array(b[0], float), "recall@2").mean()  # B's ties matter here
+
+
+def test_compare_runs_errors_say_which_protocols_and_samples_are_missing(tmp_path):
+    from crs.errors import DataError
+    from crs.evaluation import write_rankings
+    from crs.evaluation.significance import compare_runs
+
+    row = [{"conv_id": "c", "turn": 1, "target": "t", "rank": 1, "top": []}]
+    write_rankings(tmp_path / "a", {"crslab-v1": row})
+    write_rankings(tmp_path / "b", {"crslab-v1": [{**row[0], "conv_id": "other"}]})
+    a, b = tmp_path / "a", tmp_path / "b"
+    with pytest.raises(DataError) as caught:
+        compare_runs(a, b, protocols=["fresh-v1"])
+    assert str(caught.value) == (f"{a}, {b}: protocol(s) fresh-v1 not ranked in both runs (shared: crslab-v1)"
+                                 "\n  fix: compare runs evaluated under the same protocols, or pass --protocol")
+    with pytest.raises(DataError) as caught:
+        compare_runs(a, b, protocols=[])
+    assert "protocol(s) (none) not ranked in both runs" in str(caught.value)
+    with pytest.raises(DataError) as caught:
+        compare_runs(a, b)
+    assert str(caught.value) == (f"{a}, {b}: the two runs share no sample under crslab-v1 (A ranked 1, B 1; "
+                                 "samples pair by conv_id, turn and target)"
+                                 "\n  fix: compare runs evaluated on the same corpus and split")
+    write_rankings(tmp_path / "c", {"fresh-v1": row})
+    with pytest.raises(DataError, match=r"protocol\(s\) \(none\) not ranked in both runs \(shared: none\)"):
+        compare_runs(a, tmp_path / "c")

@@ -214,3 +214,23 @@ def test_user_adapt_adapts_only_what_has_steps_support_and_a_slot(blocks, suppor
     assert [path.rsplit(".", 1)[-1] for _, _, path in calls] == adapted
     if not adapted:
         assert params is None
+
+
+# --------------------------------------------------------------------- rank metric cut-offs
+@pytest.mark.parametrize("ks", [[True], [2.0], [], [3, 0]])
+def test_cutoffs_must_be_real_integers_of_at_least_one(ks):
+    from crs.plugins.metrics.ranking import Recall
+
+    with pytest.raises(ConfigError) as caught:
+        build(Recall, path="evaluation.metrics.5", ks=ks)
+    assert (caught.value.path, caught.value.problem, caught.value.fix) == (
+        "evaluation.metrics.5.ks", f"expected a non-empty list of integers >= 1, got {ks}", "e.g. `ks: [1, 10, 50]`")
+
+
+def test_rank_metric_keeps_its_config_and_sorts_unique_cutoffs():
+    from crs.plugins.metrics.ranking import MRR
+
+    metric = build(MRR, ks=[10, 1, 10])
+    assert metric.ks == [1, 10] and metric.config.ks == [10, 1, 10]
+    metric.update(torch.tensor([[0.1, 0.9, 0.5]]), torch.tensor([2]))
+    assert metric.compute() == {"rec.mrr@1": 0.0, "rec.mrr@10": 0.5}
