@@ -3,8 +3,9 @@
 A *segment* is a group of rows sharing an id (e.g. the in-edges of one destination
 node): ``segment[i]`` says which group row ``i`` belongs to.  Attention over graph
 neighbours is a softmax within each segment followed by a weighted sum per segment.
-DGL's sparse kernels have no double backward, which MAML-style second-order
-training needs (CCRS's user-guided relation attention); everything here is built
+DGL's attention kernels (edge softmax, SpMM over learned edge weights) have no double
+backward, which MAML-style second-order training needs through an attention layer
+(CCRS's user-guided relation attention); everything here is built
 from ``index_add`` / ``gather`` / ``exp`` so autograd can differentiate it again.
 
 - :func:`segment_softmax`: softmax of ``(E, ...)`` scores within each segment;

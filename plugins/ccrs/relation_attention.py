@@ -15,7 +15,9 @@ with h^0 = Emb_e and U_u = Emb_u[user] (row 0: the unknown user).  Only the last
 is user-conditioned; earlier ones (``layers > 1``) use gamma = 1 over the whole graph.
 
 Why plain torch and not DGL: MAML's second-order meta-gradient differentiates this
-layer twice, and DGL's sparse kernels have no double backward.  The layer gathers
+layer twice, and DGL's attention kernels (edge softmax, SpMM over learned edge weights)
+have no double backward, as the spec found (R-GCN's SpMM over fixed weights does have
+one, which is why ``rgcn`` can stay on DGL).  The layer gathers
 only the in-edges of the (user, entity) pairs a batch mentions (crs.nn.segment), so
 its cost follows their degrees (ReDial: movies <= 50 in-edges, the largest hub 2,717).
 
