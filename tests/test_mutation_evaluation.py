@@ -407,3 +407,31 @@ def test_compare_runs_errors_say_which_protocols_and_samples_are_missing(tmp_pat
     write_rankings(tmp_path / "c", {"fresh-v1": row})
     with pytest.raises(DataError, match=r"protocol\(s\) \(none\) not ranked in both runs \(shared: none\)"):
         compare_runs(a, tmp_path / "c")
+
+
+def test_last_details_of_tables_bootstrap_and_gains():
+    import math
+
+    import numpy as np
+    import torch
+
+    from crs.evaluation.evaluator import EvaluationResults
+    from crs.evaluation.ranking import ndcg_gain
+    from crs.evaluation.report import format_table
+    from crs.evaluation.significance import paired_bootstrap
+
+    # A protocol without a sample count prints "-" in the (rec samples) row.
+    results = EvaluationResults({"a": {"x": 1.0}, "b": {"x": 2.0}})
+    results.sample_counts = {"a": {"rec": 3}}
+    assert format_table(results, digits=0).splitlines()[-1] == "(rec samples)  3  -"
+    # The warning names run A's label when A lost the samples.
+    _, warnings = format_matching([Matching("p", 10, 9, 0)], "runs/first", "runs/second")
+    assert warnings[0].startswith("warning: p: 9 of 19 samples (47.4%) of A (runs/first) have no counterpart")
+    # The default resample count is 10,000.
+    a, b = np.array([1.0, 0.0, 1.0]), np.array([0.0, 0.0, 1.0])
+    assert paired_bootstrap(a, b) == paired_bootstrap(a, b, resamples=10_000)
+    # Zero differences count half to each side when B is the better run too: p = 2 * (0 + 1/8).
+    assert paired_bootstrap(np.array([0.0, 0.0]), np.array([1.0, 0.0]), resamples=20_000)[2] == pytest.approx(
+        0.25, abs=0.02)
+    # Untied float32 ranks still get float64 gains: 1 / log2(3) to the last digit.
+    assert ndcg_gain(torch.tensor([2.0], dtype=torch.float32), 10).item() == 1 / math.log2(3)

@@ -234,3 +234,24 @@ def test_rank_metric_keeps_its_config_and_sorts_unique_cutoffs():
     assert metric.ks == [1, 10] and metric.config.ks == [10, 1, 10]
     metric.update(torch.tensor([[0.1, 0.9, 0.5]]), torch.tensor([2]))
     assert metric.compute() == {"rec.mrr@1": 0.0, "rec.mrr@10": 0.5}
+
+
+# --------------------------------------------------------------------- the last few
+def test_cold_start_skips_a_warm_turn_and_goes_on_to_later_cold_ones():
+    from crs.data.samples import Sample
+    from crs.plugins.metrics.protocols import ColdStartProtocol
+
+    def sample(conv, context_items, target_items):
+        return Sample(conv_id=conv, turn_index=1, user_index=0, context_text=["hi"], context_tokens=[5],
+                      context_entities=[], context_words=[], context_items=list(context_items),
+                      target_items=list(target_items), response_tokens=[2, 3], response_text="")
+
+    protocol = ColdStartProtocol(ColdStartProtocol.Config(), BuildDeps(path="evaluation.protocols.0"))
+    kept = protocol.rec_samples([sample("warm", [1], [4]), sample("cold", [], [3])])
+    assert [(s.conv_id, s.target_item) for s in kept] == [("cold", 3)]
+
+
+def test_f1_and_perplexity_keep_their_config_and_f1_of_nothing_is_nan():
+    f1, ppl = build(F1), build(Perplexity)
+    assert f1.config == F1.Config() and ppl.config == Perplexity.Config()
+    assert math.isnan(f1.compute()["gen.f1"])
