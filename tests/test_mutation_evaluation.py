@@ -435,3 +435,17 @@ def test_last_details_of_tables_bootstrap_and_gains():
         0.25, abs=0.02)
     # Untied float32 ranks still get float64 gains: 1 / log2(3) to the last digit.
     assert ndcg_gain(torch.tensor([2.0], dtype=torch.float32), 10).item() == 1 / math.log2(3)
+
+
+def test_compare_runs_error_lists_several_protocols_comma_separated(tmp_path):
+    from crs.errors import DataError
+    from crs.evaluation import write_rankings
+    from crs.evaluation.significance import compare_runs
+
+    row = [{"conv_id": "c", "turn": 1, "target": "t", "rank": 1, "top": []}]
+    for name in ("a", "b"):
+        write_rankings(tmp_path / name, {"crslab-v1": row, "fresh-v1": row})
+    with pytest.raises(DataError) as caught:
+        compare_runs(tmp_path / "a", tmp_path / "b", protocols=["cold-start-v1", "user-adapt-v1"])
+    assert ("protocol(s) cold-start-v1, user-adapt-v1 not ranked in both runs (shared: crslab-v1, fresh-v1)"
+            in str(caught.value))
