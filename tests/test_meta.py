@@ -1,14 +1,10 @@
-"""crs.training.meta: parameter names and selection, functional inner steps, and MAML through the trainer.
+"""crs.training.meta: parameter names and selection, functional inner steps, first and second order.
 
-The proof of fit: on a synthetic family of tasks y = a_t * u.x (a_t ~ U[-2, 2]) and a model
-v * (W x) with W outer-only and v adapted, a MAML strategy written against the public API
-(EpochLoop.loss(params=...), crs.training.meta) and run by the real Trainer learns a W
-that one inner step of v can exploit; pooled training cannot (E[a_t] = 0, so the pooled
-optimum predicts 0 for every task).
+The toy model v * (W x) and its task family y = a_t * u.x are shared with tests/test_maml_strategy.py,
+where the real ``maml`` strategy, run by the Trainer, proves MAML beats pooled training on them.
 """
 from __future__ import annotations
 
-import random
 import types
 from dataclasses import dataclass
 from typing import Any
@@ -19,16 +15,14 @@ from torch import nn
 
 from crs.config.spec import OptimizerSpec, ScheduleSpec, StageSpec
 from crs.errors import ConfigError
-from crs.interfaces import BuildDeps, EmptyConfig, ModelComponent, Port, TrainingStrategy
+from crs.interfaces import BuildDeps, ModelComponent, Port
 from crs.pipeline.model import PipelineModel
 from crs.pipeline.wiring import BATCH_KEYS, wire
-from crs.plugins.training.plain import PlainStrategy
-from crs.training import Trainer, meta
+from crs.training import meta
 
 D = 4  # input size
 INNER_LR = 0.1
 SUPPORT = QUERY = 10  # points per task side
-TASKS_PER_STEP = 2
 
 
 # ------------------------------------------------------------------ the model: v * (W x)
@@ -110,102 +104,7 @@ def split_tasks(points: list[Point]) -> list[tuple[list[Point], list[Point]]]:
     return [(pts[:SUPPORT], pts[SUPPORT:]) for _, pts in sorted(by_task.items())]
 
 
-class ToyMAML(TrainingStrategy):
-    """MAML over the stage's tasks, TASKS_PER_STEP per outer step, `head.*` adapted, `features.*` outer-only."""
-
-    Config = EmptyConfig
-    first_order = False
-
-    def steps_per_epoch(self, plan: Any) -> int:
-        return -(-len(split_tasks(plan.samples)) // TASKS_PER_STEP)
-
-    def train_epoch(self, loop: Any) -> dict[str, float]:
-        tasks = split_tasks(loop.samples)
-        random.Random(loop.seed).shuffle(tasks)  # seeded per epoch by the loop: resumable
-        inner = meta.select_params(meta.named_parameters(loop.model), ["*"], ["features.*"], path="strategy")
-        for start in range(0, len(tasks), TASKS_PER_STEP):
-            chunk = [(collate(s), collate(q)) for s, q in tasks[start:start + TASKS_PER_STEP]]
-            meta.maml_step(loop, chunk, inner, lr=INNER_LR, first_order=self.first_order)
-        return loop.mean_parts()
-
-
-class ToyPipeline:
-    """The pipeline API the trainer uses, over a real PipelineModel."""
-
-    def __init__(self, stage: StageSpec, strategy: TrainingStrategy, train: list[Point]):
-        self.model = make_model(seed=1)
-        self.spec = types.SimpleNamespace(stages=[stage], seed=3, evaluation=types.SimpleNamespace(protocols=[]))
-        self.resolved = {"name": "maml-toy"}
-        self.samples = {"train": train, "valid": []}
-        self._strategy = strategy
-
-    def task_samples(self, split: str, task: str) -> list[Point]:
-        return list(self.samples[split])
-
-    def batches(self, samples: list[Point], batch_size: int, *, shuffle: bool, seed: int):
-        order = list(samples)
-        if shuffle:
-            random.Random(seed).shuffle(order)
-        for start in range(0, len(order), batch_size):
-            yield collate(order[start:start + batch_size])
-
-    def build(self, kind: str, node: dict, path: str) -> Any:
-        assert kind == "training_strategy"
-        return self._strategy
-
-
-def train(strategy: TrainingStrategy, train_points: list[Point], tmp_path, *, epochs: int, batch_size: int):
-    stage = StageSpec(name="meta", objectives={"mse": 1.0}, train=["*"], epochs=epochs, batch_size=batch_size,
-                      optimizer=OptimizerSpec(type="adam", lr=0.03), schedule=ScheduleSpec(type="constant"),
-                      validate=False)
-    pipeline = ToyPipeline(stage, strategy, train_points)
-    Trainer(pipeline, tmp_path, progress=False, tensorboard=False).fit()
-    return pipeline.model
-
-
-def query_mse(model: PipelineModel, tasks: list[tuple[list[Point], list[Point]]], adapt_steps: int) -> float:
-    """Mean query MSE after `adapt_steps` inner steps of `head.*` on each task's support."""
-    inner = meta.select_params(meta.named_parameters(model), ["head.*"])
-    errors = []
-    with torch.enable_grad():
-        for support, query in tasks:
-            fast, _ = meta.adapt(lambda p: meta.functional_compute(model, p, collate(support),
-                                                                   ["loss.mse"])["loss.mse"],
-                                 inner, steps=adapt_steps, lr=INNER_LR, first_order=True)
-            errors.append(float(meta.functional_compute(model, fast, collate(query),
-                                                        ["loss.mse"])["loss.mse"].detach()))
-    return sum(errors) / len(errors)
-
-
 # ----------------------------------------------------------------------------- tests
-TRAIN_POINTS = task_points(100, seed=11)  # 100 tasks / 2 per step * 8 epochs = 400 outer steps
-TEST_TASKS = split_tasks(task_points(60, seed=12, first_task=1000))
-
-
-@pytest.fixture(scope="module")
-def pooled_query_mse(tmp_path_factory) -> float:
-    """The pooled-trained model's query MSE after the same one adaptation step."""
-    pooled = train(PlainStrategy(EmptyConfig(), BuildDeps(path="s")), TRAIN_POINTS, tmp_path_factory.mktemp("pooled"),
-                   epochs=4, batch_size=20)  # 2000 points / 20 = 100 steps per epoch: 400 steps too
-    return query_mse(pooled, TEST_TASKS, 1)
-
-
-@pytest.mark.parametrize("first_order", [False, True])
-def test_maml_beats_pooled_training_on_a_task_family(tmp_path, first_order, pooled_query_mse):
-    strategy = ToyMAML(EmptyConfig(), BuildDeps(path="stages.0.strategy"))
-    strategy.first_order = first_order
-    before = make_model(seed=1)
-    maml = train(strategy, TRAIN_POINTS, tmp_path, epochs=8, batch_size=SUPPORT + QUERY)
-    maml_adapted, maml_unadapted = query_mse(maml, TEST_TASKS, 1), query_mse(maml, TEST_TASKS, 0)
-    pooled_adapted = pooled_query_mse
-    print(f"query MSE ({'first' if first_order else 'second'} order): MAML {maml_adapted:.3f}, "
-          f"MAML unadapted {maml_unadapted:.3f}, pooled + 1 step {pooled_adapted:.3f}")
-    assert maml_adapted <= 0.5 * pooled_adapted
-    assert maml_adapted <= 0.5 * maml_unadapted
-    # outer training moved W (both parts learn), and the inner steps never touched the model
-    assert not torch.equal(maml.slots["features"].W.weight, before.slots["features"].W.weight)
-
-
 def test_second_order_meta_gradient_matches_finite_differences():
     model = make_model(seed=2, dtype=torch.float64)
     points = task_points(1, seed=3)
