@@ -13,12 +13,10 @@ here (BENCHMARKS.md).
 from __future__ import annotations
 
 import argparse
-import json
-import statistics
 import time
 from dataclasses import astuple
 
-from bench_linker import machine  # same folder: run as python benchmarks/bench_demo_corpus.py
+from bench_report import finish, summary  # same folder: run as python benchmarks/bench_demo_corpus.py
 
 from crs.plugins.demo.corpus import DemoConfig, _corpus
 
@@ -39,15 +37,10 @@ def main(argv: list[str] | None = None) -> dict:
     config = DemoConfig()
     rounds = [one_round(config) for _ in range(max(1, args.runs))]
     seconds = [s for s, _ in rounds]
-    result = {"sizes": rounds[0][1], "items": config.n_items, "runs": len(seconds),
-              "seconds": {"median": statistics.median(seconds), "best": min(seconds)}, "machine": machine()}
-    print(f"demo corpus, default size {result['sizes']}, {len(seconds)} rounds")
-    print(f"  build: median {result['seconds']['median']:.2f} s, best {result['seconds']['best']:.2f} s")
-    print(f"  machine: {json.dumps(result['machine'])}")
-    if args.json:
-        with open(args.json, "w") as out:
-            json.dump(result, out, indent=2)
-    return result
+    result = {"sizes": rounds[0][1], "items": config.n_items, "runs": len(seconds), "seconds": summary(seconds)}
+    median, best = result["seconds"]["median"], result["seconds"]["best"]
+    return finish(result, [f"demo corpus, default size {result['sizes']}, {len(seconds)} rounds",
+                           f"  build: median {median:.2f} s, best {best:.2f} s"], args.json)
 
 
 if __name__ == "__main__":

@@ -14,22 +14,13 @@ limits in unit tests fail on a busy machine, so the figures live here (BENCHMARK
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
-import statistics
 import time
+
+from bench_report import finish, summary  # same folder: run as python benchmarks/bench_linker.py
 
 from crs.interfaces import BuildDeps
 from crs.knowledge import ENTITY, IndexedGraph, KnowledgeGraph
 from crs.plugins.linking.phrase_matcher import PhraseMatcher
-
-
-def machine() -> dict:
-    """What the figures were measured on (load average included: a busy machine is slower)."""
-    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(), "load_average": [round(x, 2) for x in os.getloadavg()],
-            "python": platform.python_version()}
 
 
 def large_graph(first: int = 250, second: int = 256) -> IndexedGraph:
@@ -62,17 +53,11 @@ def main(argv: list[str] | None = None) -> dict:
              for n in range(args.texts)]
     fits, rates = zip(*(one_round(graph, texts) for _ in range(max(1, args.runs))))
     result = {"nodes": len(graph.nodes), "texts": len(texts), "runs": len(fits),
-              "fit_s": {"median": statistics.median(fits), "best": min(fits)},
-              "texts_per_s": {"median": statistics.median(rates), "best": max(rates)}, "machine": machine()}
-    print(f"phrase_matcher on {result['nodes']:,} nodes, {len(texts):,} texts, {len(fits)} rounds")
-    print(f"  fit:  median {result['fit_s']['median']:.2f} s, best {result['fit_s']['best']:.2f} s")
-    print(f"  link: median {result['texts_per_s']['median']:,.0f} texts/s, "
-          f"best {result['texts_per_s']['best']:,.0f} texts/s")
-    print(f"  machine: {json.dumps(result['machine'])}")
-    if args.json:
-        with open(args.json, "w") as out:
-            json.dump(result, out, indent=2)
-    return result
+              "fit_s": summary(fits), "texts_per_s": summary(rates, best=max)}
+    return finish(result, [f"phrase_matcher on {result['nodes']:,} nodes, {len(texts):,} texts, {len(fits)} rounds",
+                           f"  fit:  median {result['fit_s']['median']:.2f} s, best {result['fit_s']['best']:.2f} s",
+                           f"  link: median {result['texts_per_s']['median']:,.0f} texts/s, "
+                           f"best {result['texts_per_s']['best']:,.0f} texts/s"], args.json)
 
 
 if __name__ == "__main__":
