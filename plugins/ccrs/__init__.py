@@ -2,8 +2,8 @@
 attention (Eq. 1-6), turn intention (Eq. 7-8) and the multi-style vocabulary bias (Eq. 9-10).
 
 The ``maml`` training strategy and the ``user_adapt`` protocol that make the model
-per-user live elsewhere (crs.plugins.training, crs.plugins.metrics): they work on any
-pipeline.  This entry module only registers lazy "module:Class" references, so loading
+per-user are not here: they work on any pipeline, so they are registered by the built-in
+training-strategy and metrics plugins.  This entry module only registers lazy "module:Class" references, so loading
 the plugin imports no torch.
 """
 from crs.hookspecs import hookimpl
