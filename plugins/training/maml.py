@@ -68,16 +68,15 @@ class MAMLStrategy(TrainingStrategy):
 
     def __init__(self, config: MAMLConfig, deps: Any):
         super().__init__(config, deps)
+        from crs.training.optim import check_number  # finite, in range, NaN refused; the stage numbers' check
+
         cfg = config
-        if isinstance(cfg.inner_lr, bool) or not math.isfinite(float(cfg.inner_lr)) or float(cfg.inner_lr) <= 0:
-            raise ConfigError(f"{self.path}.inner_lr", f"must be a positive number, got {cfg.inner_lr!r}",
-                              "CCRS uses 0.006 (rec) and 3e-4 (conv)")
-        if int(cfg.inner_steps) < 1:
-            raise ConfigError(f"{self.path}.inner_steps", f"must be >= 1, got {cfg.inner_steps}",
-                              "use 1 (the paper), or the `plain` strategy for no inner step")
-        if int(cfg.meta_batch_users) < 1:
-            raise ConfigError(f"{self.path}.meta_batch_users", f"must be >= 1, got {cfg.meta_batch_users}",
-                              "tasks per outer step, e.g. 32")
+        check_number(cfg.inner_lr, f"{self.path}.inner_lr", strict=True,
+                     example="CCRS uses 0.006 (rec) and 3e-4 (conv)")
+        check_number(cfg.inner_steps, f"{self.path}.inner_steps", minimum=1,
+                     example="use 1 (the paper), or the `plain` strategy for no inner step")
+        check_number(cfg.meta_batch_users, f"{self.path}.meta_batch_users", minimum=1,
+                     example="tasks per outer step, e.g. 32")
         if not cfg.inner:
             raise ConfigError(f"{self.path}.inner", "no parameter pattern is given",
                               "list globs over <slot>.<param>, e.g. ['*'] or ['generator.encoder.*']")
