@@ -6,7 +6,7 @@ place (YAML path, file and line, plugin), says what is wrong, and says how to fi
 from __future__ import annotations
 
 import difflib
-from typing import Iterable
+from typing import Any, Iterable
 
 
 class CRSError(Exception):
@@ -62,6 +62,13 @@ class DataError(CRSError):
 
 class WiringError(ConfigError):
     """Two pipeline slots do not fit each other (missing input, dimension mismatch)."""
+
+
+def check_positive_ints(config: Any, keys: Iterable[str], path: str, fix: str = "") -> None:
+    """A ConfigError at ``<path>.<key>`` for the first of `keys` whose value in `config` is below 1 (sizes, counts)."""
+    for key in keys:
+        if int(getattr(config, key)) < 1:
+            raise ConfigError(f"{path}.{key}", f"must be a positive integer, got {getattr(config, key)}", fix)
 
 
 def check_choice(value: str, choices: Iterable[str], path: str, fix: str = "") -> str:

@@ -46,7 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import ConfigError
+from ..errors import ConfigError, check_positive_ints
 from ..interfaces import BuildDeps, Generator, Port
 from .decoding import greedy_decode, shift_targets, target_nll, token_nll
 from .embedding import use_token_embedding
@@ -92,9 +92,7 @@ class TransformerGenerator(Generator):
         self.output = None if config.share_embeddings else nn.Linear(dim, self.vocab_size)
 
     def _check_config(self, config: Any) -> None:
-        for key in ("dim", "heads", "layers", "ffn_dim", "max_len"):
-            if int(getattr(config, key)) < 1:
-                raise ConfigError(f"{self.path}.{key}", f"must be a positive integer, got {getattr(config, key)}")
+        check_positive_ints(config, ("dim", "heads", "layers", "ffn_dim", "max_len"), self.path)
         if config.dim % config.heads:
             raise ConfigError(f"{self.path}.heads", f"dim {config.dim} is not divisible by heads {config.heads}",
                               "choose heads that divide dim (e.g. dim: 128, heads: 4)")

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from crs.errors import ConfigError
+from crs.errors import ConfigError, check_positive_ints
 from crs.interfaces import BuildDeps, Port, UserEncoder
 
 
@@ -38,9 +38,7 @@ class MultiStyleBias(UserEncoder):
 
     def __init__(self, config: Config, deps: BuildDeps):
         super().__init__(config, deps)
-        for key in ("dim", "bias_hidden"):
-            if int(getattr(config, key)) < 1:
-                raise ConfigError(f"{self.path}.{key}", f"must be a positive integer, got {getattr(config, key)}")
+        check_positive_ints(config, ("dim", "bias_hidden"), self.path)
         if config.num_styles < 0:
             raise ConfigError(f"{self.path}.num_styles", f"must be 0 (no styles) or more, got {config.num_styles}",
                               "CCRS uses 4 styles; 0 gives KBRD's plain user bias")

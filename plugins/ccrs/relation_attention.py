@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from crs.errors import ConfigError, DataError
+from crs.errors import ConfigError, DataError, check_positive_ints
 from crs.interfaces import BuildDeps, ExternalEncoder, Port
 from crs.nn.segment import CSRInEdges, csr_in_edges, gather_segments, segment_softmax, segment_sum
 
@@ -140,10 +140,8 @@ class UserRelationAttention(ExternalEncoder):
 
     def __init__(self, config: Config, deps: BuildDeps):
         super().__init__(config, deps)
-        for key in ("dim", "heads", "layers", "user_dim"):
-            if int(getattr(config, key)) < 1:
-                raise ConfigError(f"{self.path}.{key}", f"must be a positive integer, got {getattr(config, key)}",
-                                  f"set {key}: 1 or more (CCRS: dim 128, heads 4, layers 1, user_dim 128)")
+        check_positive_ints(config, ("dim", "heads", "layers", "user_dim"), self.path,
+                            "set it to 1 or more (CCRS: dim 128, heads 4, layers 1, user_dim 128)")
         if config.dim % config.heads:
             raise ConfigError(f"{self.path}.heads", f"dim {config.dim} is not divisible by heads {config.heads}",
                               "choose heads that divide dim (CCRS: dim 128, heads 4)")

@@ -26,7 +26,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from crs.errors import ConfigError
+from crs.errors import ConfigError, check_positive_ints
 from crs.interfaces import BuildDeps, Port, UserEncoder
 from crs.nn import SelfAttentivePool, gather_nodes
 
@@ -46,9 +46,7 @@ class TurnIntentionEncoder(UserEncoder):
 
     def __init__(self, config: Config, deps: BuildDeps):
         super().__init__(config, deps)
-        for key in ("dim", "max_turns"):
-            if int(getattr(config, key)) < 1:
-                raise ConfigError(f"{self.path}.{key}", f"must be a positive integer, got {getattr(config, key)}")
+        check_positive_ints(config, ("dim", "max_turns"), self.path)
         if config.hidden < 0:
             raise ConfigError(f"{self.path}.hidden", f"must be 0 (= dim) or more, got {config.hidden}")
         hidden = config.hidden or config.dim

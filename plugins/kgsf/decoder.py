@@ -35,7 +35,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from crs.errors import ConfigError
+from crs.errors import ConfigError, check_positive_ints
 from crs.interfaces import BuildDeps, Port
 from crs.nn import Memory
 from crs.nn.seq2seq import TransformerGenerator
@@ -56,9 +56,7 @@ class KGSFDecoder(TransformerGenerator):
 
     def __init__(self, config: Any, deps: BuildDeps):
         super().__init__(config, deps)
-        for key in ("word_dim", "entity_dim"):
-            if int(getattr(config, key)) < 1:
-                raise ConfigError(f"{self.path}.{key}", f"must be a positive integer, got {getattr(config, key)}")
+        check_positive_ints(config, ("word_dim", "entity_dim"), self.path)
         word_graph = deps.graph(config.word_graph, "word_graph")
         entity_graph = deps.graph(config.entity_graph, "entity_graph")
         self.num_word_nodes, self.num_entity_nodes = word_graph.num_nodes, entity_graph.num_nodes
