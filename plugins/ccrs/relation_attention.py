@@ -33,7 +33,6 @@ Outputs:
 from __future__ import annotations
 
 import math
-import typing
 from dataclasses import dataclass
 from typing import Literal
 
@@ -47,7 +46,6 @@ from crs.interfaces import BuildDeps, ExternalEncoder, Port
 from crs.nn.segment import CSRInEdges, csr_in_edges, gather_segments, segment_softmax, segment_sum
 
 NeutralRows = Literal["items", "all"]
-NEUTRAL_ROWS = typing.get_args(NeutralRows)
 
 
 class RelationAttentionLayer(nn.Module):
@@ -147,9 +145,6 @@ class UserRelationAttention(ExternalEncoder):
                               "choose heads that divide dim (CCRS: dim 128, heads 4)")
         if config.max_neighbors < 0:
             raise ConfigError(f"{self.path}.max_neighbors", f"must be 0 (all) or more, got {config.max_neighbors}")
-        if config.neutral_rows not in NEUTRAL_ROWS:
-            raise ConfigError(f"{self.path}.neutral_rows", f"unknown value '{config.neutral_rows}'",
-                              f"use one of: {', '.join(NEUTRAL_ROWS)}")
         graph = deps.graph(config.graph)
         self.num_nodes = graph.num_nodes
         num_relations = max(graph.num_relations, 1)
