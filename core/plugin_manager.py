@@ -36,6 +36,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "crs.plugins.baselines",
     "crs.plugins.kgsf",
     "crs.plugins.ccrs",
+    "crs.plugins.c2crs",
     "crs.plugins.plm",
 )
 ENTRY_POINT_GROUP = "crs"
