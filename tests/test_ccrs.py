@@ -412,3 +412,44 @@ def test_a_short_ccrs_run_adapts_to_every_test_user_of_the_demo_users_corpus(tmp
     metrics = report["metrics"]["user-adapt-v1"]
     assert 0.0 <= metrics["rec.recall@10"] <= metrics["rec.recall@50"] <= 1.0
     assert math.isfinite(metrics["gen.ppl"]) and metrics["gen.ppl"] > 1.0
+
+
+def _noadapt_pipeline(*overrides):
+    from crs.config.loader import load_config
+    from crs.pipeline import build_pipeline
+    from crs.plugin_manager import get_plugin_manager
+    from crs.registry import Registry
+
+    reg = Registry.from_plugin_manager(get_plugin_manager())
+    spec, resolved = load_config(None, ["preset=ccrs-noadapt", *TINY_DEMO_USERS, *overrides], registry=reg)
+    return build_pipeline(spec, reg, resolved)
+
+
+def test_test_support_to_train_adds_exactly_the_support_the_protocol_adapts_on():
+    from crs.evaluation.evaluator import _build_protocols
+
+    with_support = _noadapt_pipeline()
+    plain = _noadapt_pipeline("samples.test_support_to_train=false")
+    protocol = _build_protocols(with_support)[0]
+    tasks = protocol.tasks(with_support.samples["test"])
+    support_convs = {s.conv_id for support, _, _ in tasks for s in support}
+    query_convs = {s.conv_id for _, query, _ in tasks for s in query}
+    assert support_convs and not support_convs & query_convs
+    added = with_support.samples["train"][len(plain.samples["train"]):]
+    assert with_support.samples["train"][:len(plain.samples["train"])] == plain.samples["train"]
+    # the same support conversations, all their samples, and the evaluation split keeps every sample
+    assert {s.conv_id for s in added} == support_convs
+    assert len(added) == sum(s.conv_id in support_convs for s in plain.samples["test"])
+    assert with_support.samples["test"] == plain.samples["test"]
+    report = with_support.corpus.report["test_support_to_train"]
+    assert report["conversations"] == len(support_convs) and report["samples"] == len(added)
+
+
+def test_test_support_to_train_refuses_a_protocol_that_scores_the_support():
+    from crs.errors import ConfigError
+    from crs.evaluation.evaluator import check_evaluable
+
+    pipeline = _noadapt_pipeline("evaluation.protocols=[{type: crslab}, {type: user_adapt}]")
+    with pytest.raises(ConfigError, match=r"evaluation.protocols.0.*trained on"):
+        check_evaluable(pipeline, "test")
+    check_evaluable(pipeline, "valid")  # validation has no support in train

@@ -80,7 +80,16 @@ class SamplesSpec:
     word_graph: Optional[str] = None  # knowledge name of the word graph; None = the only one, if any
     valid_fraction: float = 0.1  # carved from train when the corpus has no valid split
     valid_by: Literal["conversation", "user"] = "conversation"  # user: valid gets whole users, disjoint from train
+    # also train on each test user's support conversations (crs.data.tasks.support_samples): the baseline
+    # convention of user-adaptation papers, so models that cannot adapt see what adapting ones see
+    test_support_to_train: bool = False
     min_word_freq: int = 1
+    # item-text sources (knowledge names, e.g. [reviews, metadata]) whose words, as often as min_word_freq over the
+    # texts of the corpus's items, join the vocabulary after the train words; their counts stay the train counts
+    vocab_item_texts: list[str] = field(default_factory=list)
+    # whose turns become samples: [recommender] (CRSLab, KGSF as released in CRSLab) or both roles (the C2-CRS
+    # loader: every turn with context; a seeker turn's targets are the items it mentions); see crs.data.build
+    roles: list[Literal["recommender", "seeker"]] = field(default_factory=lambda: ["recommender"])
     max_train_conversations: int = 0  # 0 = all; for quick runs
     # featurizer components adding batch fields of their own, computed once per sample (crs.data.fields)
     featurizers: list[Node] = field(default_factory=list)

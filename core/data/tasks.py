@@ -29,7 +29,8 @@ from typing import Any, Literal, Sequence
 
 from ..errors import check_choice
 
-__all__ = ["Task", "UNITS", "SINGLE_RULES", "TaskUnit", "SingleRule", "user_tasks", "conversation_order"]
+__all__ = ["Task", "UNITS", "SINGLE_RULES", "TaskUnit", "SingleRule", "user_tasks", "conversation_order",
+           "support_samples"]
 
 TaskUnit = Literal["user", "conversation"]  # config annotations use these, so `crs components` shows the values
 SingleRule = Literal["query_only", "turn_split"]
@@ -120,3 +121,20 @@ def _split_single(samples: list[Any], single: str) -> tuple[list[Any], list[Any]
     support_turns = set(turns[:len(turns) // 2])
     return ([s for s in samples if int(s.turn_index) in support_turns],
             [s for s in samples if int(s.turn_index) not in support_turns])
+
+
+def support_samples(samples: Sequence[Any]) -> list[Any]:
+    """The support samples of every user of `samples`, split as evaluation splits them.
+
+    For ``samples.test_support_to_train`` (the paper's baseline convention in CCRS:
+    models that cannot adapt are trained on train plus each test user's support
+    conversations, then scored on the same query samples).  The split is
+    :func:`user_tasks` without a seed: each user's first ``floor(n/2)`` conversations
+    in id order; users with one conversation and unknown users give none (the
+    ``query_only`` rule), so nothing of a conversation that is scored is ever trained on.
+    The `user_adapt` protocol groups *recommendation* samples, so a conversation
+    without a recommended item counts here but not there (then the two halves can differ
+    by that conversation); the corpus report counts what was added.
+    """
+    return [s for task in user_tasks(samples, unit="user", single="query_only") if task.unit == "user"
+            for s in task.support]

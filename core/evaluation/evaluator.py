@@ -108,6 +108,24 @@ def check_evaluable(pipeline: Any, split: str, tasks: Iterable[str] = ("rec", "c
                         "to rank", fix)
     if "conv" in tasks and model.has_generator and not pipeline.task_samples(split, "conv"):
         raise DataError(where, f"none of its {len(samples)} samples has a reply to score the generator on", fix)
+    _check_support_in_train(pipeline, split)
+
+
+def _check_support_in_train(pipeline: Any, split: str) -> None:
+    """With ``samples.test_support_to_train``, train holds the support samples of `split`'s users: only
+    protocols that score query samples alone (``adapts``) may score it, or the model is tested on
+    what it was trained on."""
+    spec = getattr(pipeline, "spec", None)
+    if spec is None or not spec.samples.test_support_to_train or split != spec.evaluation.split:
+        return
+    for i, protocol in enumerate(_build_protocols(pipeline)):
+        if not protocol.adapts:
+            raise ConfigError(f"evaluation.protocols.{i}",
+                              f"protocol '{protocol.id}' scores every {split} sample, but "
+                              f"samples.test_support_to_train put the {split} users' support conversations in "
+                              "train, so it would score the model on samples it was trained on",
+                              "score with a per-user protocol only (e.g. {type: user_adapt, rec_adapt: {steps: 0}}), "
+                              "or set samples.test_support_to_train: false")
 
 
 @dataclass

@@ -77,6 +77,26 @@ class Pipeline:
             yield batch
 
 
+def _add_test_support(samples: dict[str, list], corpus: Any, split: str) -> tuple[dict[str, list], Any]:
+    """``samples.test_support_to_train``: train also gets the evaluation split's support samples.
+
+    They are appended, not moved: the evaluation split keeps every conversation, so an
+    adapting protocol still splits each user exactly as before and the query samples
+    scored are the same.  Vocabulary and item index were built from train before this
+    step: words seen only in support stay unknown (they would otherwise differ from the
+    adapting models' vocabulary, which would make their PPL incomparable).
+    """
+    from dataclasses import replace
+
+    from ..data.tasks import support_samples
+
+    support = support_samples(samples.get(split, []))
+    report = {**corpus.report, "test_support_to_train": {
+        "split": split, "samples": len(support), "conversations": len({s.conv_id for s in support}),
+        "users": len({s.user_index for s in support})}}
+    return {**samples, "train": [*samples.get("train", []), *support]}, replace(corpus, report=report)
+
+
 def _model_deps(path: str, vocab: Vocabulary, items: ItemIndex, graphs: dict[str, IndexedGraph],
                 item_texts: dict[str, ItemTexts], users: dict[str, int]) -> BuildDeps:
     """What components built after the data is loaded receive (index 0 of users = unknown user)."""
@@ -166,6 +186,8 @@ def build_pipeline(spec: PipelineSpec, registry: Any, resolved: dict) -> Pipelin
             linker=linker, users=users, spec=spec.samples)
         for split, convs in corpus.splits.items()
     }
+    if spec.samples.test_support_to_train:
+        samples, corpus = _add_test_support(samples, corpus, spec.evaluation.split)
     featurizers, extra_fields = _build_featurizers(spec, registry, vocab, items, graphs, item_texts, users)
     featurize_all(featurizers, samples, corpus.splits)
     timings["build_samples_s"] = time.perf_counter() - t0
