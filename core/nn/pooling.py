@@ -45,3 +45,13 @@ class SelfAttentivePool(nn.Module):
             return states.new_zeros(states.shape[0], states.shape[2])
         alpha = self.weights(states, mask)
         return torch.bmm(alpha.unsqueeze(1), states).squeeze(1)
+
+
+def masked_mean(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of (B, L, d) `states` over the positions where `mask` (B, L) is true -> (B, d).
+
+    Sentence encoders (MiniLM, MESE's item encoder) pool token states this way; padding never
+    changes the result, and a row with no real position pools to zero rather than NaN.
+    """
+    weights = mask.to(states.dtype).unsqueeze(-1)
+    return (states * weights).sum(1) / weights.sum(1).clamp(min=1.0)
