@@ -302,6 +302,36 @@ def test_redial_test_seekers_are_not_train_seekers():
     assert not users["train"] & users["test"]
 
 
+@pytest.mark.shared_data
+def test_inspired_has_no_users_so_ccrs_adapts_within_each_dialogue():
+    # INSPIRED has no user ids (spec section 3): ccrs refuses it with the fix, ccrs-in-dialogue makes every
+    # conversation a task split by its turns, in training and at test, and reports the unit
+    from crs.config.loader import load_config
+    from crs.errors import ConfigError
+    from crs.evaluation.evaluator import _build_protocols
+    from crs.pipeline import build_pipeline
+    from crs.plugin_manager import get_plugin_manager
+    from crs.registry import Registry
+
+    if not (SHARED / "inspired").is_dir():
+        pytest.skip("shared data not available")
+    reg = Registry.from_plugin_manager(get_plugin_manager())
+    spec, resolved = load_config(None, ["preset=ccrs-in-dialogue", "data=inspired"], registry=reg)
+    pipeline = build_pipeline(spec, reg, resolved)
+    assert not pipeline.users or set(pipeline.users.values()) <= {0}  # no user was made up
+    train = pipeline.task_samples("train", "rec")
+    strategy = pipeline.build("training_strategy", spec.stages[0].strategy, "stages.0.strategy")
+    strategy.check_samples(train, "stages.0.strategy")  # the in-dialogue tasks are accepted
+    strategy.config.task_unit = "user"
+    with pytest.raises(ConfigError, match="(?s)needs user ids.*fix: use task_unit: conversation"):
+        strategy.check_samples(train, "stages.0.strategy")
+    tasks = _build_protocols(pipeline)[0].tasks(pipeline.samples["test"])
+    assert {info["unit"] for _, _, info in tasks} == {"conversation"}
+    assert len(tasks) == len({s.conv_id for s in pipeline.samples["test"]})
+    adapted = [task for task in tasks if task[0]]
+    assert len(adapted) > len(tasks) / 2  # most test dialogues have 2+ answered turns to split
+
+
 # ------------------------------------------------------------------ demo corpus with users to adapt to
 SMALL_DEMO = dict(seed=7, n_items=120, n_people=60, n_users=40, n_train=200, n_valid=30, n_test=30)
 

@@ -51,7 +51,7 @@ def test_recommended_movies_are_items_and_others_entities(root):
     item = corpus.items[R + "Aliens_(film)>"]
     assert item.name == "Aliens" and item.entity == item.id
     conv = corpus.splits["train"][0]
-    assert conv.id == conv.user_id == "train-1"
+    assert conv.id == "train-1" and conv.user_id == ""  # no user ids in the files, and none made up
     seeker, reply = conv.turns[1], conv.turns[2]
     assert seeker.role == "seeker" and seeker.items == [] and seeker.recommended == []
     assert [(m.id, m.text) for m in seeker.entities] == [(R + "Alien_(film)>", "Alien"), (R + "Horror_film>", "horror")]

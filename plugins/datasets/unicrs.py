@@ -17,8 +17,11 @@ Conventions:
 * ``Turn.entities`` = ``entity_link`` / ``entity_name`` pairs (plus non-item movies);
 * turns are kept one per list entry, as UniCRS released them (no merging);
 * the files carry no user or dialogue ids: each dialogue gets the id
-  ``<split>-<line>`` and is its own user (same id), so user-level models see
-  INSPIRED as all-cold-start users.
+  ``<split>-<line>`` and no user id.  No pseudo-user is made up (one per dialogue
+  would pass for a real user everywhere users count): user-level models see
+  unknown users, the ``user_adapt`` protocol makes each conversation a task of its
+  own (unit ``conversation``: within-dialogue adaptation, not user customisation),
+  and the ``maml`` strategy asks for ``task_unit: conversation``.
 """
 from __future__ import annotations
 
@@ -141,4 +144,4 @@ def _conversation(split: str, line: int, raw_turns: list[_RawTurn], items: dict[
             recommended=[m.id for m in mentioned] if raw.role == RECOMMENDER else [],
         ))
     conv_id = f"{split}-{line}"
-    return Conversation(id=conv_id, user_id=conv_id, turns=turns, meta={"split": split, "line": line})
+    return Conversation(id=conv_id, user_id="", turns=turns, meta={"split": split, "line": line})
