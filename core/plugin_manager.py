@@ -38,6 +38,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "crs.plugins.ccrs",
     "crs.plugins.c2crs",
     "crs.plugins.plm",
+    "crs.plugins.mese",
 )
 ENTRY_POINT_GROUP = "crs"
 DISABLE_ENV = "CRS_DISABLE_PLUGINS"

@@ -217,6 +217,9 @@ def check_component(cls: type, node: dict | None, deps, batch: dict) -> tuple[An
     floats when it declares a dim (the output of another slot): shape (N, dim) for a
     node table ``<role>_nodes`` (``entity_nodes``, ``word_nodes``; N = nodes of the
     first graph of that role in `deps`), (B, dim) otherwise; optional inputs are left out.
+    A class with a ``contract_inputs(deps, batch)`` classmethod gives the values of such
+    keys itself (``{state key: value}``: what its upstream slots would write, e.g. a
+    cache object no random tensor can stand for); they are used for optional ports too.
     Checks: every non-optional output port is produced, no undeclared output appears,
     tensors have the declared last dim and are finite, ``loss.*`` outputs are scalars
     and backpropagate.
@@ -232,11 +235,15 @@ def check_component(cls: type, node: dict | None, deps, batch: dict) -> tuple[An
     path = getattr(deps, "path", "") or "component"
     component = cls(from_dict(cls.Config, node, path), deps)
     size = _batch_size(batch)
+    # What other slots would give, from the class itself (e.g. a cache object only its upstream slot can make)
+    upstream = cls.contract_inputs(deps, batch) if hasattr(cls, "contract_inputs") else {}
     inputs = {}
     for local, port in component.input_ports().items():
         key = renames["inputs"].get(local, port.key)
         if key in batch:
             inputs[local] = batch[key]
+        elif key in upstream:
+            inputs[local] = upstream[key]
         elif not port.optional:
             assert port.dim is not None, (
                 f"input port '{local}' reads '{key}', which is not in the batch and has no declared dim; "
