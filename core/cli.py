@@ -232,6 +232,52 @@ def _data(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------- items
+def _configure_items(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="items_command", metavar="ACTION", required=True)
+    add = sub.add_parser("add", help="make new items recommendable in a trained run, without retraining "
+                                     "(stored in RUN_DIR/items_extra.jsonl, used whenever the run is loaded)")
+    add.add_argument("run_dir", help="the folder of a finished `crs run`")
+    add.add_argument("items_file", help="JSONL, one item a line: {\"id\", \"name\", \"entity\"?, \"meta\"?}")
+    add.add_argument("--no-check", action="store_true",
+                     help="store the items without loading the run to check that its model can take them")
+
+
+def _items(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .data.extra_items import EXTRA_ITEMS_FILE, items_to_lines, read_items_file
+    from .errors import DataError
+    from .io import atomic_write_text
+    from .serving.load import check_run_dir, load_pipeline
+
+    run_dir = check_run_dir(Path(args.run_dir))
+    new = read_items_file(args.items_file)
+    target = run_dir / EXTRA_ITEMS_FILE
+    before = read_items_file(target) if target.is_file() else []
+    added = {item.id for item in before}
+    for number, item in enumerate(new, start=1):
+        if item.id in added:
+            raise DataError(args.items_file, f"item '{item.id}' was already added to {run_dir} ({target})",
+                            "drop that line, or give the item another id", line=number)
+    previous = target.read_text(encoding="utf-8") if target.is_file() else None
+    atomic_write_text(target, items_to_lines([*before, *new]))
+    if args.no_check:
+        print(f"stored {len(new)} items in {target} ({len(before) + len(new)} added in all); not checked")
+        return 0
+    try:  # load the run as every later command will: new items that do not fit fail now, not at serving time
+        pipeline = load_pipeline(run_dir)
+    except BaseException:
+        if previous is None:
+            target.unlink(missing_ok=True)
+        else:
+            atomic_write_text(target, previous)
+        raise
+    print(f"added {len(new)} items to {run_dir}: the catalogue now has {len(pipeline.items)} items "
+          f"({len(before) + len(new)} added since training, in {target})")
+    return 0
+
+
 # ----------------------------------------------------------------- compare
 def _configure_compare(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_a", help="run folder of system A (holds rankings.jsonl)")
@@ -278,6 +324,7 @@ SUBCOMMANDS: dict[str, Subcommand] = {
     "data": Subcommand("download public corpora or write the demo corpus to files", _configure_data, _data),
     "compare": Subcommand("paired bootstrap test of two runs' per-sample recommendation ranks",
                           _configure_compare, _compare),
+    "items": Subcommand("add items to a trained run (recommendable without retraining)", _configure_items, _items),
 }
 
 

@@ -57,7 +57,8 @@ def test_default_plugins_are_the_documented_modules():
     assert DEFAULT_PLUGINS[0] == "crs.plugins.metrics" and "crs.plugins.kgsf" in DEFAULT_PLUGINS
     assert "crs.plugins.plm" in DEFAULT_PLUGINS and "crs.plugins.ccrs" in DEFAULT_PLUGINS
     assert "crs.plugins.c2crs" in DEFAULT_PLUGINS
-    assert len(DEFAULT_PLUGINS) == len(set(DEFAULT_PLUGINS)) == 10
+    assert "crs.plugins.mese" in DEFAULT_PLUGINS
+    assert len(DEFAULT_PLUGINS) == len(set(DEFAULT_PLUGINS)) == 11
 
 
 def test_builtin_is_registered_under_its_module_name_with_the_crs_version(clean_modules):

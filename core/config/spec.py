@@ -54,7 +54,9 @@ class EarlyStoppingSpec:
 @dataclass
 class StageSpec:
     name: str
-    task: str = "rec"  # rec: one sample per recommended item; conv: one per recommender turn; all: conv samples
+    # rec: one sample per recommended item; conv: one per recommender turn; all: conv samples;
+    # dialogue: one per conversation, its last recommender turn with the whole dialogue before it (MESE packing)
+    task: str = "rec"
     objectives: dict[str, float] = field(default_factory=dict)  # loss name (loss.<name>) -> weight
     train: list[str] = field(default_factory=lambda: ["*"])  # slots whose parameters this stage updates
     epochs: int = 1

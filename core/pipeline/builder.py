@@ -3,14 +3,15 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
-from typing import Any, Iterator
+from dataclasses import dataclass, field, replace
+from typing import Any, Iterator, Sequence
 
 import torch
 
 from ..config.spec import PipelineSpec
+from ..data.extra_items import append_items, texts_for
 from ..data.fields import batch_keys, check_fields, featurize_all
-from ..data.schema import Corpus
+from ..data.schema import Corpus, Item
 from ..data.vocab import Vocabulary
 from ..errors import ConfigError
 from ..interfaces import MODEL_KINDS, BuildDeps, ItemIndex
@@ -65,7 +66,9 @@ class Pipeline:
             return [s.for_item(i) for s in samples for i in s.target_items]
         if task in ("conv", "all"):
             return [s for s in samples if len(s.response_tokens) > 2]
-        raise ConfigError("stages.task", f"unknown task '{task}'", "use rec, conv or all")
+        if task == "dialogue":
+            return dialogue_samples(samples)
+        raise ConfigError("stages.task", f"unknown task '{task}'", "use rec, conv, all or dialogue")
 
     def batches(self, samples: list, batch_size: int, *, shuffle: bool, seed: int) -> Iterator[dict]:
         from ..data.batching import iterate_batches
@@ -95,6 +98,32 @@ def _add_test_support(samples: dict[str, list], corpus: Any, split: str) -> tupl
         "split": split, "samples": len(support), "conversations": len({s.conv_id for s in support}),
         "users": len({s.user_index for s in support})}}
     return {**samples, "train": [*samples.get("train", []), *support]}, replace(corpus, report=report)
+
+
+def dialogue_samples(samples: list) -> list:
+    """One sample per conversation (task ``dialogue``): its last recommender-turn sample, whose
+    ``context_turns`` hold every turn before that one, so a model can read the whole dialogue in one pass
+    (MESE's packing: one causal pass yields the state of every recommender turn).
+
+    The turns are gathered from all the conversation's samples (each sample's context and reply),
+    so a ``samples.context_turns`` window does not cut the dialogue short; the other fields are the
+    last sample's (its targets are the last turn's: a packing model reads each turn's items from its
+    record).  Conversations keep their first-sample order.
+    """
+    by_conv: dict[str, list] = {}
+    for sample in samples:
+        by_conv.setdefault(sample.conv_id, []).append(sample)
+    out = []
+    for group in by_conv.values():
+        last = max(group, key=lambda s: s.turn_index)
+        turns: dict[int, dict] = {}
+        for sample in group:
+            for record in (*sample.context_turns, sample.response_turn):
+                if record:
+                    turns.setdefault(record.get("index", -1), record)
+        before = [turns[i] for i in sorted(turns) if i < last.turn_index]
+        out.append(replace(last, context_turns=before))
+    return out
 
 
 def _model_deps(path: str, vocab: Vocabulary, items: ItemIndex, graphs: dict[str, IndexedGraph],
@@ -134,7 +163,14 @@ def _build_featurizers(spec: PipelineSpec, registry: Any, vocab: Vocabulary, ite
     return featurizers, declared
 
 
-def build_pipeline(spec: PipelineSpec, registry: Any, resolved: dict) -> Pipeline:
+def build_pipeline(spec: PipelineSpec, registry: Any, resolved: dict, extra_items: Sequence[Item] = (),
+                   extra_items_file: str = "items_extra.jsonl") -> Pipeline:
+    """The pipeline `spec` describes: data, knowledge, samples, model.
+
+    :param extra_items: items added to a trained run (``crs items add``; crs.data.extra_items), appended
+        to the item index after the catalogue, with texts from the knowledge sources that can describe them.
+    :param extra_items_file: where they came from, named in errors.
+    """
     from ..data import build as sample_build
     from ..data import prepare
     from ..data.item_links import link_items
@@ -153,8 +189,10 @@ def build_pipeline(spec: PipelineSpec, registry: Any, resolved: dict) -> Pipelin
     t0 = time.perf_counter()
     raw_graphs: dict[str, KnowledgeGraph] = {}
     item_texts: dict[str, ItemTexts] = {}
+    sources: dict[str, Any] = {}
     for name, node in spec.knowledge.items():
-        source = registry.build("knowledge_source", node, f"knowledge.{name}", BuildDeps(path=f"knowledge.{name}"))
+        source = sources[name] = registry.build("knowledge_source", node, f"knowledge.{name}",
+                                                BuildDeps(path=f"knowledge.{name}"))
         loaded = source.load(corpus)
         (raw_graphs if isinstance(loaded, KnowledgeGraph) else item_texts)[name] = loaded
     entity_name = _pick_graph(raw_graphs, ENTITY, spec.samples.entity_graph, "entity_graph")
@@ -173,6 +211,9 @@ def build_pipeline(spec: PipelineSpec, registry: Any, resolved: dict) -> Pipelin
     items = prepare.build_item_index(corpus, entity_graph)
     vocab = prepare.build_vocab(corpus, spec.samples.min_word_freq, items)
     users = prepare.build_user_index(corpus)
+    if extra_items:  # after the vocabulary: the trained one stays, and every trained item keeps its index
+        items = append_items(items, extra_items, entity_graph.node_index, extra_items_file)
+        texts_for(sources, item_texts, extra_items)
     linker = None
     if spec.linker is not None:
         linker = registry.build("entity_linker", spec.linker, "linker", BuildDeps(path="linker"))

@@ -11,7 +11,8 @@ A finished ``crs run`` leaves everything needed in its run directory:
 
 The data, vocabulary, item index and knowledge graphs are rebuilt from the config,
 as the run built them (same seed), so sample indices line up with the trained
-embeddings.  The returned pipeline's model is in eval mode.
+embeddings.  Items a ``crs items add`` stored in ``items_extra.jsonl`` are appended to the
+item index after them (crs.data.extra_items).  The returned pipeline's model is in eval mode.
 """
 from __future__ import annotations
 
@@ -43,11 +44,12 @@ def load_pipeline(run_dir: str | Path, overrides: Iterable[str] = (), *, registr
     import yaml
 
     from ..config.loader import load_config
+    from ..data.extra_items import EXTRA_ITEMS_FILE, read_items_file
     from ..pipeline import build_pipeline
     from ..training.checkpoint import CHECKPOINT_FILE, load_checkpoint
     from ..training.seeding import seed_everything
 
-    run_dir = _check_run_dir(Path(run_dir))
+    run_dir = check_run_dir(Path(run_dir))
     overrides = list(overrides)
     for text in overrides:
         if text.partition("=")[0].strip() == "preset":
@@ -89,9 +91,20 @@ def load_pipeline(run_dir: str | Path, overrides: Iterable[str] = (), *, registr
     spec = dataclasses.replace(spec, run_dir=str(run_dir), preset=saved_preset)
     resolved.update(run_dir=str(run_dir), preset=saved_preset)
 
+    extra_path = run_dir / EXTRA_ITEMS_FILE  # `crs items add`: items recommendable without retraining
+    extra = read_items_file(extra_path) if extra_path.is_file() else []
     seed_everything(spec.seed)  # as `crs run` did before building: the same RNG draws while loading data
-    pipeline = build_pipeline(spec, registry, resolved)
-    load_model_state(pipeline.model, state, checkpoint_path)
+    pipeline = build_pipeline(spec, registry, resolved, extra_items=extra, extra_items_file=str(extra_path))
+    try:
+        load_model_state(pipeline.model, state, checkpoint_path)
+    except DataError as err:
+        if not extra:
+            raise
+        raise DataError(str(checkpoint_path), f"{err.problem}\n  The run holds {len(extra)} added items "
+                        f"({extra_path}), and this model's parameters depend on the number of items, so it cannot "
+                        "take new items without retraining",
+                        f"remove {extra_path} (or retrain with the items in the data); only models whose "
+                        "parameters do not depend on the catalogue (e.g. MESE) can take added items") from None
     pipeline.model.eval()
     return pipeline
 
@@ -122,7 +135,8 @@ def _listed(keys: list[str]) -> str:
     return shown + (f" and {len(keys) - _SHOWN_KEYS} more" if len(keys) > _SHOWN_KEYS else "")
 
 
-def _check_run_dir(run_dir: Path) -> Path:
+def check_run_dir(run_dir: Path) -> Path:
+    """`run_dir` if it is a folder; otherwise a DataError saying what was passed instead."""
     if run_dir.is_dir():
         return run_dir
     if run_dir.is_file():

@@ -17,6 +17,7 @@ METRICS = {
     "bleu": f"{_HERE}.conversation:BLEU",
     "f1": f"{_HERE}.conversation:F1",
     "item_ratio": f"{_HERE}.conversation:ItemRatio",
+    "rer": f"{_HERE}.conversation:RecommendationRate",
     "ppl": f"{_HERE}.conversation:Perplexity",
 }
 

@@ -1,4 +1,4 @@
-"""Conversation metrics: Dist-n, BLEU-n, token F1, item ratio (task ``gen``) and perplexity (``nll``).
+"""Conversation metrics: Dist-n, BLEU-n, token F1, item ratio, ReR (task ``gen``) and perplexity (``nll``).
 
 ``gen`` metrics are fed ``update(hyps, refs)`` with lists of word-token lists
 (decoded by the pipeline vocabulary, special tokens removed); ``ppl`` is fed
@@ -8,6 +8,7 @@ input seen, values are NaN (``null`` in report.json).
 from __future__ import annotations
 
 import math
+import string
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -31,6 +32,11 @@ class Dist(Metric):
 
     Papers rarely say which one they report and the two differ by roughly the
     mean reply length, so both are always written, each named.
+
+    ``strip_punctuation: true`` counts words with their punctuation characters
+    removed (tokens left empty are dropped), as the official MESE evaluation does;
+    the keys then read ``gen.dist-<n>/sentences/nopunct`` (and ``/ngrams/nopunct``)
+    so that the two conventions are never compared unawares.
     """
 
     task = "gen"
@@ -38,6 +44,7 @@ class Dist(Metric):
     @dataclass
     class Config:
         ns: list[int] = field(default_factory=lambda: [1, 2, 3, 4])  # n-gram orders
+        strip_punctuation: bool = False  # MESE's Dist: punctuation removed from words first
 
     def __init__(self, config: "Dist.Config", deps: BuildDeps):
         super().__init__(config, deps)
@@ -51,6 +58,8 @@ class Dist(Metric):
 
     def update(self, hyps: list[list[str]], refs: list[list[str]]) -> None:
         for hyp in hyps:
+            if self.config.strip_punctuation:
+                hyp = strip_punctuation(hyp)
             for n in self.ns:
                 grams = ngrams(hyp, n)
                 self._distinct[n].update(grams)
@@ -59,11 +68,21 @@ class Dist(Metric):
 
     def compute(self) -> dict[str, float]:
         out = {}
+        tail = "/nopunct" if self.config.strip_punctuation else ""
         for n in self.ns:
             distinct = len(self._distinct[n])
-            out[f"gen.dist-{n}/sentences"] = distinct / self._sentences if self._sentences else NAN
-            out[f"gen.dist-{n}/ngrams"] = distinct / self._totals[n] if self._totals[n] else NAN
+            out[f"gen.dist-{n}/sentences{tail}"] = distinct / self._sentences if self._sentences else NAN
+            out[f"gen.dist-{n}/ngrams{tail}"] = distinct / self._totals[n] if self._totals[n] else NAN
         return out
+
+
+_PUNCTUATION = str.maketrans("", "", string.punctuation)
+
+
+def strip_punctuation(tokens: list[str]) -> list[str]:
+    """`tokens` with ASCII punctuation removed from each; tokens left empty are dropped."""
+    stripped = (token.translate(_PUNCTUATION) for token in tokens)
+    return [token for token in stripped if token]
 
 
 class BLEU(Metric):
@@ -175,6 +194,48 @@ class ItemRatio(Metric):
 
     def compute(self) -> dict[str, float]:
         return {"gen.item_ratio": self._with_item / self._count if self._count else NAN}
+
+
+class RecommendationRate(Metric):
+    """ReR (MESE §4.3): share of generated replies that mention an item of the turn's targets.
+
+    The targets of a reply are the item tokens (``@<id>``) of its reference reply (the items the
+    recommender actually named).  ``gen.rer`` divides by every reply, as the paper's ReR does;
+    ``gen.rer/rec_turns`` only by replies whose reference names an item.  Like the official code's
+    ``response_movie_recall_cal``, only the first item a reply names counts (a reply listing the
+    whole catalogue would otherwise always hit); ``first_only: false`` counts any of them.
+    """
+
+    task = "gen"
+
+    @dataclass
+    class Config:
+        prefix: str = "@"  # tokens starting with this are item placeholders
+        first_only: bool = True  # official: only the first item token of a reply is checked
+
+    def __init__(self, config: "RecommendationRate.Config", deps: BuildDeps):
+        super().__init__(config, deps)
+        if not config.prefix:
+            raise ConfigError(f"{deps.path}.prefix", "the item-token prefix is empty", "use `prefix: '@'`")
+        self.reset()
+
+    def reset(self) -> None:
+        self._hits, self._count, self._rec_turns = 0, 0, 0
+
+    def update(self, hyps: list[list[str]], refs: list[list[str]]) -> None:
+        prefix = self.config.prefix
+        for hyp, ref in zip(hyps, refs, strict=True):
+            targets = {tok for tok in ref if tok.startswith(prefix) and len(tok) > len(prefix)}
+            named = [tok for tok in hyp if tok.startswith(prefix) and len(tok) > len(prefix)]
+            if self.config.first_only:
+                named = named[:1]
+            self._hits += any(tok in targets for tok in named)
+            self._count += 1
+            self._rec_turns += bool(targets)
+
+    def compute(self) -> dict[str, float]:
+        return {"gen.rer": self._hits / self._count if self._count else NAN,
+                "gen.rer/rec_turns": self._hits / self._rec_turns if self._rec_turns else NAN}
 
 
 class Perplexity(Metric):
