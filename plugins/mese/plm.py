@@ -226,8 +226,10 @@ class MesePLM(ContextEncoder):
         text = items_to_placeholder(text.strip(), tokens, MOVIE_ID)
         return self.tokens(text if self.config.format == "chat" else " " + text)
 
-    def turn_sequence(self, record: dict, with_items: bool = True) -> Sequence:
-        """One context turn as ids and item slots (see the module doc); no ITEs unless `with_items`."""
+    def turn_sequence(self, record: dict, with_items: bool | None = None) -> Sequence:
+        """One context turn as ids and item slots (see the module doc); ITEs when `with_items` (default:
+        ``context_items``)."""
+        with_items = self.config.context_items if with_items is None else with_items
         role, named = record.get("role", SEEKER), list(record.get("items", ()))
         text = self.text_ids(record.get("text", ""), named)
         items = list(dict.fromkeys(i for i in named if i >= 0)) if with_items else []
