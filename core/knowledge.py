@@ -50,10 +50,17 @@ class KnowledgeGraph:
 
 @dataclass
 class ItemTexts:
-    """Texts about items (reviews, metadata descriptions), keyed by item id."""
+    """Texts about items (reviews, metadata descriptions), keyed by item id.
+
+    An item without text has no key (never an empty list or an empty string), so that
+    readers can mask it.  `label` says in words what the texts are (e.g. "RevCore review
+    snippets" or "item metadata: plot"): run reports print it, so that a plot standing in
+    for a review is never called a review.
+    """
 
     kind: str  # "review" | "metadata" | ...
     texts: dict[str, list[str]]
+    label: str = ""
 
 
 @dataclass

@@ -92,6 +92,8 @@ def _run_in_folder(registry, spec, resolved: dict, *, resume: bool, overwrite: b
         pipeline = build_pipeline(spec, registry, resolved)
         check_split(pipeline)  # a misspelt split must not cost a whole training run first
         print_header(pipeline, out, unlinked_note(pipeline.corpus.report))
+        item_texts = pipeline.item_text_report()  # which texts stood in for reviews, and their coverage
+        print_item_texts(item_texts, spec.evaluation.split)
         print_skipped_lines(pipeline)
         if overwrite:
             removed = clear_run(out)
@@ -120,7 +122,8 @@ def _run_in_folder(registry, spec, resolved: dict, *, resume: bool, overwrite: b
             "peak_rss_mb": round(_peak_rss_mb(), 1),
             "training": throughput,
             "data": {"corpus": pipeline.corpus.name, "report": pipeline.corpus.report,
-                     "samples": {k: len(v) for k, v in pipeline.samples.items()}, "items": len(pipeline.items)},
+                     "samples": {k: len(v) for k, v in pipeline.samples.items()}, "items": len(pipeline.items),
+                     **({"item_texts": item_texts} if item_texts else {})},
             "history": history,
         }
         path = write_evaluation(out, results, resolved, extra)
@@ -144,6 +147,15 @@ def print_header(pipeline, out: Path, items_note: str = "") -> None:
     sizes = ", ".join(f"{split} {len(samples)}" for split, samples in pipeline.samples.items())
     print(f"[crs] samples (one per recommender turn): {sizes}", flush=True)
     print(f"[crs] {scored_counts(pipeline, spec.evaluation.split)}", flush=True)
+
+
+def print_item_texts(report: dict, split: str) -> None:
+    """The item texts the pipeline reads: what they are and how much of `split` they cover (report:
+    extra.data.item_texts, see crs.data.text_coverage); nothing when no component reads any."""
+    from .data.text_coverage import coverage_lines
+
+    for line in coverage_lines(report, split) if report else []:
+        print(f"[crs] {line}", flush=True)
 
 
 def scored_counts(pipeline, split: str) -> str:
@@ -300,4 +312,7 @@ def _evaluate_locked(run_dir: str, overrides: list[str], split: str | None, out:
         "data": {"corpus": pipeline.corpus.name, "samples": {k: len(v) for k, v in pipeline.samples.items()},
                  "items": len(pipeline.items)},
     }
+    item_texts = pipeline.item_text_report()
+    if item_texts:
+        extra["data"]["item_texts"] = item_texts
     return write_evaluation(target, results, pipeline.resolved, extra), load_s, eval_s

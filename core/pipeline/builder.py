@@ -12,6 +12,7 @@ from ..config.spec import PipelineSpec
 from ..data.extra_items import append_items, texts_for
 from ..data.fields import batch_keys, check_fields, featurize_all
 from ..data.schema import Corpus, Item
+from ..data.text_coverage import TextLookups
 from ..data.vocab import Vocabulary
 from ..errors import ConfigError
 from ..interfaces import MODEL_KINDS, BuildDeps, ItemIndex
@@ -48,10 +49,23 @@ class Pipeline:
     linker: Any = None
     timings: dict[str, float] = field(default_factory=dict)
     fields: list = field(default_factory=list)  # batch fields added by featurizers (crs.data.fields.Field)
+    # reader (model slot path, samples.vocab_item_texts) -> item-text sources it looked up, in order
+    text_reads: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def device(self) -> torch.device:
         return torch.device(self.spec.device)
+
+    def item_text_report(self) -> dict:
+        """Which item texts this pipeline reads and their coverage (crs.data.text_coverage); {} when no slot and
+        no ``samples.vocab_item_texts`` read any (a corpus bundle's unused texts say nothing about a run)."""
+        vocab_texts = list(self.spec.samples.vocab_item_texts)
+        if not self.item_texts or not (self.text_reads or vocab_texts):
+            return {}
+        from ..data.text_coverage import text_coverage
+
+        return text_coverage(self.item_texts, self.items.ids, self.samples, self.text_reads, self.spec.knowledge,
+                             vocab_texts)
 
     def deps(self, path: str) -> BuildDeps:
         return _model_deps(path, self.vocab, self.items, self.graphs, self.item_texts, self.users)
@@ -177,6 +191,7 @@ def build_pipeline(spec: PipelineSpec, registry: Any, resolved: dict, extra_item
     from ..training.precision import resolve_device
 
     resolve_device(spec.device)  # before any data loads: a GPU that is not there is a config error, not a traceback
+    prepare.item_text_sources(spec.samples.vocab_item_texts, spec.knowledge, "samples.vocab_item_texts")  # named?
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     dataset = registry.build("dataset", spec.data, "data", BuildDeps(path="data"))
@@ -209,7 +224,8 @@ def build_pipeline(spec: PipelineSpec, registry: Any, resolved: dict, extra_item
         empty = KnowledgeGraph(ENTITY, [], [], [], [], [])
         entity_graph = IndexedGraph.from_graph("items", empty, extra_nodes=item_nodes)
     items = prepare.build_item_index(corpus, entity_graph)
-    vocab = prepare.build_vocab(corpus, spec.samples.min_word_freq, items)
+    vocab_texts = prepare.item_text_sources(spec.samples.vocab_item_texts, item_texts, "samples.vocab_item_texts")
+    vocab = prepare.build_vocab(corpus, spec.samples.min_word_freq, items, vocab_texts)
     users = prepare.build_user_index(corpus)
     if extra_items:  # after the vocabulary: the trained one stays, and every trained item keeps its index
         items = append_items(items, extra_items, entity_graph.node_index, extra_items_file)
@@ -234,6 +250,7 @@ def build_pipeline(spec: PipelineSpec, registry: Any, resolved: dict, extra_item
     timings["build_samples_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
+    text_reads: dict[str, list[str]] = {}
     # modules several slots use (`shared:`) are built once, before the slots that name them
     shared = build_shared(spec.shared, registry, _model_deps("shared", vocab, items, graphs, item_texts, users))
     slots, renames = {}, {}
@@ -241,7 +258,10 @@ def build_pipeline(spec: PipelineSpec, registry: Any, resolved: dict, extra_item
         deps = _model_deps(f"model.{name}", vocab, items, graphs, item_texts, users)
         deps.shared = shared
         deps.graphs = looked_up = GraphLookups(graphs)
+        deps.item_texts = texts_read = TextLookups(item_texts)  # for the report: which texts stand in
         component = registry.build(MODEL_KINDS, node, f"model.{name}", deps)
+        if texts_read.names:
+            text_reads[f"model.{name}"] = texts_read.names
         # node tables are indexed with the samples' entity/word ids: a slot over any other graph would misindex
         check_graph_reads(f"model.{name}", looked_up.names, output_keys(component), graphs, entity_graph,
                           word_graph, {k: str(v.get("type")) for k, v in spec.knowledge.items()})
@@ -252,4 +272,4 @@ def build_pipeline(spec: PipelineSpec, registry: Any, resolved: dict, extra_item
     log.debug("pipeline built: %s", {k: round(v, 2) for k, v in timings.items()})  # CRS_DEBUG=1 shows it
     return Pipeline(spec=spec, resolved=resolved, registry=registry, corpus=corpus, vocab=vocab, items=items,
                     graphs=graphs, item_texts=item_texts, users=users, samples=samples, model=model,
-                    linker=linker, timings=timings, fields=extra_fields)
+                    linker=linker, timings=timings, fields=extra_fields, text_reads=text_reads)

@@ -114,9 +114,11 @@ def _graph(role, nodes, relations, triples, labels) -> KnowledgeGraph:
 
 def demo_reviews(config: DemoConfig = DemoConfig()) -> ItemTexts:
     world = _world(config)
-    return ItemTexts("review", {m.id: reviews(world, m) for m in world.movies})
+    return ItemTexts("review", {m.id: reviews(world, m) for m in world.movies},
+                     label="generated reviews (demo world templates)")
 
 
 def demo_metadata(config: DemoConfig = DemoConfig()) -> ItemTexts:
     world = _world(config)
-    return ItemTexts("metadata", {m.id: [describe(world, m)] for m in world.movies})
+    return ItemTexts("metadata", {m.id: [describe(world, m)] for m in world.movies},
+                     label="generated descriptions (demo world: genres, year, people, templated plot)")
