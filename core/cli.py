@@ -1,4 +1,4 @@
-"""The ``crs`` command (``crs run|eval|plugins|components|data|compare ...``) and ``crs-run`` (= ``crs run``).
+"""The ``crs`` command (``crs run|eval|plugins|components|data|compare|items|plot ...``), and ``crs-run``.
 
 Each subcommand is a :class:`Subcommand` in :data:`SUBCOMMANDS`: a function adding
 its arguments to an argparse parser and a handler returning the exit code.  Adding a
@@ -314,6 +314,20 @@ def _compare(args: argparse.Namespace) -> int:
     return 0
 
 
+# -------------------------------------------------------------------- plot
+def _configure_plot(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="finished runs' folders")
+    parser.add_argument("--out", default="plots", metavar="DIR", help="folder for the PNG files (default: plots)")
+
+
+def _plot(args: argparse.Namespace) -> int:
+    from .plots import write_plots  # matplotlib loads only here
+
+    for path in write_plots(args.run_dirs, args.out):
+        print(path)
+    return 0
+
+
 SUBCOMMANDS: dict[str, Subcommand] = {
     "run": Subcommand("train and evaluate a pipeline from a YAML run file", _configure_run, _run),
     "eval": Subcommand("evaluate a finished run's pipeline (other splits, protocols, metrics) without training",
@@ -325,6 +339,8 @@ SUBCOMMANDS: dict[str, Subcommand] = {
     "compare": Subcommand("paired bootstrap test of two runs' per-sample recommendation ranks",
                           _configure_compare, _compare),
     "items": Subcommand("add items to a trained run (recommendable without retraining)", _configure_items, _items),
+    "plot": Subcommand("draw runs: training curves, recall with bootstrap intervals, recall by item popularity",
+                       _configure_plot, _plot),
 }
 
 

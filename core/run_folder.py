@@ -35,7 +35,7 @@ from typing import Any, Iterator
 from .errors import ConfigError
 
 __all__ = ["LOCK_FILE", "RUN_FILES", "CONFIG_FILE", "CHECKPOINT_FILE", "BEST_FILE", "METRICS_FILE", "HISTORY_FILE",
-           "REPORT_NAME", "RANKINGS_NAME", "GENERATIONS_NAME", "RunLock", "claim", "holds_run",
+           "REPORT_NAME", "RANKINGS_NAME", "GENERATIONS_NAME", "CURVES_NAME", "RunLock", "claim", "holds_run",
            "refuse_existing_run", "clear_run"]
 
 LOCK_FILE = ".crs.lock"
@@ -49,9 +49,10 @@ HISTORY_FILE = "history.json"  # what Trainer.fit returns
 REPORT_NAME = "report.json"  # crs.evaluation.report
 RANKINGS_NAME = "rankings.jsonl"
 GENERATIONS_NAME = "generations.jsonl"
+CURVES_NAME = "curves.png"  # crs.plots, drawn when a run ends
 # Everything a run (and `crs eval` under it) writes into its folder; --overwrite removes these and nothing else.
 RUN_FILES = (CONFIG_FILE, CHECKPOINT_FILE, BEST_FILE, METRICS_FILE, HISTORY_FILE, REPORT_NAME, RANKINGS_NAME,
-             GENERATIONS_NAME)
+             GENERATIONS_NAME, CURVES_NAME)
 RUN_FOLDERS = ("tensorboard", "eval")
 STALE_EMPTY_LOCK_S = 60  # pid lock files only: an empty one this old was left by a crash between create and write
 log = logging.getLogger("crs.run")

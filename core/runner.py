@@ -123,10 +123,12 @@ def _run_in_folder(registry, spec, resolved: dict, *, resume: bool, overwrite: b
             "training": throughput,
             "data": {"corpus": pipeline.corpus.name, "report": pipeline.corpus.report,
                      "samples": {k: len(v) for k, v in pipeline.samples.items()}, "items": len(pipeline.items),
+                     "item_train_counts": item_train_counts(pipeline),
                      **({"item_texts": item_texts} if item_texts else {})},
             "history": history,
         }
         path = write_evaluation(out, results, resolved, extra)
+        write_curves(out)
     print(f"[crs] report: {path}  (train {train_s:.1f}s, evaluate {eval_s:.1f}s, "
           f"peak RSS {extra['peak_rss_mb']:.0f} MB)", flush=True)
     return 0
@@ -167,6 +169,27 @@ def scored_counts(pipeline, split: str) -> str:
     if getattr(pipeline.model, "has_generator", False):
         text += f", gen.* scores {len(pipeline.task_samples(split, 'conv'))} replies"
     return text
+
+
+def item_train_counts(pipeline) -> dict[str, int]:
+    """``{item id: times recommended in train}`` for items recommended at least once (for popularity plots)."""
+    counts = pipeline.items.train_counts.tolist()
+    return {item: int(n) for item, n in zip(pipeline.items.ids, counts) if n > 0}
+
+
+def write_curves(out: Path) -> None:
+    """``curves.png`` of a finished run (crs.plots).  The report is already written: a drawing that fails
+    (a broken matplotlib install) costs the picture, not the run, and says how to redraw it."""
+    from .plots import write_run_curves
+
+    try:
+        path = write_run_curves(out)
+    except Exception as err:  # noqa: BLE001 - any plotting failure must not fail a finished run
+        log.warning("could not draw %s/curves.png (%s: %s); redraw it with `crs plot %s`", out,
+                    type(err).__name__, err, out)
+        return
+    if path is not None:
+        print(f"[crs] training curves: {path}", flush=True)
 
 
 def write_evaluation(out: Path, results, resolved: dict, extra: dict) -> Path:
@@ -310,7 +333,7 @@ def _evaluate_locked(run_dir: str, overrides: list[str], split: str | None, out:
                       "total": round(time.perf_counter() - started, 3)},
         "peak_rss_mb": round(_peak_rss_mb(), 1),
         "data": {"corpus": pipeline.corpus.name, "samples": {k: len(v) for k, v in pipeline.samples.items()},
-                 "items": len(pipeline.items)},
+                 "items": len(pipeline.items), "item_train_counts": item_train_counts(pipeline)},
     }
     item_texts = pipeline.item_text_report()
     if item_texts:

@@ -212,6 +212,9 @@ def test_early_stopping_stops_and_restores_best_state(tmp_path: Path, monkeypatc
     assert len(calls) == 4 and calls[0].id == "toy-v1"
     best = torch.load(tmp_path / "stopped" / "best.pt", weights_only=True)
     assert best["epoch"] == 2 and best["value"] == 0.5
+    # metrics.jsonl names the restored epoch (crs.plots marks it on the curves)
+    records = [json.loads(line) for line in (tmp_path / "stopped" / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["epoch"], r["rec.recall@10"]) for r in records if r["scope"] == "restored"] == [(2, 0.5)]
 
     # The restored state is exactly the state after epoch 2 of the same run.
     reference = ToyPipeline([make_stage(epochs=2)])

@@ -247,6 +247,9 @@ class Trainer:
                     if stopper is not None and self._restore_best(plan, stopper):
                         log.info("stage '%s': restored the best epoch (%s, %s = %.6g)", stage.name,
                                  stopper.best_epoch, stopper.metric, stopper.best)
+                        # for plots (crs.plots marks it): which epoch's state the stage ended with
+                        self._metrics.write(stage.name, int(stopper.best_epoch), global_step, "valid",
+                                            {stopper.metric: stopper.best}, scope="restored")
                     # Before the checkpoint: a resumed run must not see (or miss) what the hook did.
                     notify(self.model, "on_train_end", stage=plan, pipeline=self.pipeline)
                     ended = True
