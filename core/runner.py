@@ -147,7 +147,8 @@ def print_header(pipeline, out: Path, items_note: str = "") -> None:
     print(f"[crs] {spec.name}: {pipeline.corpus.name} corpus, {len(pipeline.items)} items{items_note}, "
           f"{parameters:,} parameters, run folder {out}", flush=True)
     sizes = ", ".join(f"{split} {len(samples)}" for split, samples in pipeline.samples.items())
-    print(f"[crs] samples (one per recommender turn): {sizes}", flush=True)
+    roles = " and ".join(r for r in ("seeker", "recommender") if r in spec.samples.roles)  # samples.roles
+    print(f"[crs] samples (one per {roles} turn): {sizes}", flush=True)
     print(f"[crs] {scored_counts(pipeline, spec.evaluation.split)}", flush=True)
 
 

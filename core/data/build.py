@@ -1,5 +1,11 @@
 """Samples from conversations: one per recommender turn, with its dialogue context.
 
+``samples.roles`` says whose turns become samples: ``[recommender]`` (the default, as
+CRSLab) or ``[seeker, recommender]``, as the C2-CRS loader has it: every turn after the
+first, of either speaker.  A recommender turn's targets are ``Turn.recommended``; a
+seeker turn's are the items it mentions (C2-CRS trains and scores the recommender on
+them too).  ``response_turn["role"]`` tells the two apart downstream.
+
 Each turn is analysed once (placeholder text, tokens, per-token entity and item tags,
 item / entity / word nodes, its ``context_turns`` record) and the context of every
 later recommender turn is assembled from those pieces, so building stays linear in
@@ -36,10 +42,11 @@ from functools import lru_cache
 from typing import Any, Iterable, Sequence
 
 from ..config.spec import SamplesSpec
+from ..errors import ConfigError, check_choice
 from ..interfaces import ItemIndex
 from ..knowledge import IndexedGraph
 from .samples import Sample
-from .schema import RECOMMENDER, Conversation, Mention, Turn
+from .schema import RECOMMENDER, ROLES, SEEKER, Conversation, Mention, Turn
 from .vocab import Vocabulary, item_token, tokenize_spans
 
 #: English function words: never context words, never phrases on their own for linkers.
@@ -155,6 +162,12 @@ class SampleBuilder:
         self.word_index = word_graph.node_index if word_graph is not None else {}
         self.stopwords = frozenset(STOPWORDS if stopwords is None else stopwords)
         self.link_tokens = getattr(linker, "link_tokens", None)
+        self.roles = check_roles(spec.roles)
+
+    @staticmethod
+    def _targets(turn: Turn) -> list[str]:
+        """Item ids a sample of `turn` is scored on: what a recommender recommends, what a seeker mentions."""
+        return turn.recommended if turn.role == RECOMMENDER else [m.id for m in turn.items]
 
     def _words(self, tokens: list[str]) -> list[int]:
         """Word-graph nodes named by single tokens or by two-token compounds ("science_fiction")."""
@@ -223,11 +236,12 @@ class SampleBuilder:
 
     def conversation(self, conv: Conversation) -> list[Sample]:
         spec, vocab = self.spec, self.vocab
+        roles = self.roles
         infos = [self.analyse(turn) for turn in conv.turns]
         user = self.users.get(conv.user_id, 0)
         samples = []
         for t, turn in enumerate(conv.turns):
-            if turn.role != RECOMMENDER or t == 0 or not turn.is_sample:  # is_sample: see crs.data.schema.Turn
+            if turn.role not in roles or t == 0 or not turn.is_sample:  # is_sample: see crs.data.schema.Turn
                 continue
             context = infos[max(0, t - spec.context_turns):t] if spec.context_turns > 0 else infos[:t]
             tokens: list[int] = []
@@ -268,13 +282,23 @@ class SampleBuilder:
                 context_entity_turns=[first_turn[node] for node in entities],
                 context_words=_dedup_last((w for info in context for w in info.words), spec.max_context_words),
                 context_items=_dedup_last((i for info in context for i in info.items), 0),
-                target_items=list(dict.fromkeys(self.item_position[i] for i in turn.recommended
+                target_items=list(dict.fromkeys(self.item_position[i] for i in self._targets(turn)
                                                 if i in self.item_position)),
                 response_tokens=[vocab.bos, *reply, vocab.eos],
                 response_text=turn.text,
                 response_turn=infos[t].record,
             ))
         return samples
+
+
+def check_roles(roles: Sequence[str]) -> frozenset[str]:
+    """``samples.roles`` as a set; a ConfigError when it is empty or names no speaker role."""
+    if not roles:
+        raise ConfigError("samples.roles", "no role is given, so no turn would become a sample",
+                          f"use [{RECOMMENDER}] (the default) or [{SEEKER}, {RECOMMENDER}]")
+    for i, role in enumerate(roles):
+        check_choice(role, ROLES, f"samples.roles.{i}")
+    return frozenset(roles)
 
 
 def _dedup_last(values: Iterable[int], limit: int) -> list[int]:
@@ -286,8 +310,8 @@ def _dedup_last(values: Iterable[int], limit: int) -> list[int]:
 def build_samples(conversations: Iterable[Conversation], *, vocab: Vocabulary, items: ItemIndex,
                   entity_graph: IndexedGraph | None, word_graph: IndexedGraph | None, linker: Any = None,
                   users: dict[str, int], spec: SamplesSpec, stopwords: Iterable[str] | None = None) -> list[Sample]:
-    """One :class:`Sample` per recommender turn with index >= 1 that is not context only (``Turn.is_sample``;
-    see crs.data.samples for the fields).
+    """One :class:`Sample` per turn of a ``spec.roles`` speaker (default: recommender) with index >= 1 that is
+    not context only (``Turn.is_sample``; see crs.data.samples for the fields).
 
     :param linker: an fitted EntityLinker over `entity_graph`, or None; its nodes are added after a
         turn's annotated item / entity mentions.

@@ -109,6 +109,24 @@ def check_evaluable(pipeline: Any, split: str, tasks: Iterable[str] = ("rec", "c
     if "conv" in tasks and model.has_generator and not pipeline.task_samples(split, "conv"):
         raise DataError(where, f"none of its {len(samples)} samples has a reply to score the generator on", fix)
     _check_support_in_train(pipeline, split)
+    _check_protocol_roles(pipeline)
+
+
+def _check_protocol_roles(pipeline: Any) -> None:
+    """A ConfigError for a protocol that scores turns of a speaker ``samples.roles`` makes no samples of (e.g.
+    ``all_turns`` with the default recommender turns): it would score a subset of what its id says."""
+    spec = getattr(pipeline, "spec", None)
+    if spec is None:
+        return
+    made = set(spec.samples.roles)
+    for i, protocol in enumerate(_build_protocols(pipeline)):
+        missing = [role for role in getattr(protocol, "roles", ()) if role not in made]
+        if missing:
+            raise ConfigError(f"evaluation.protocols.{i}",
+                              f"protocol '{protocol.id}' scores {' and '.join(protocol.roles)} turns, but "
+                              f"samples.roles makes samples of {' and '.join(spec.samples.roles)} turns only",
+                              f"set samples.roles: [{', '.join(protocol.roles)}] (other protocols still score "
+                              "recommender turns only), or drop the protocol")
 
 
 def _check_support_in_train(pipeline: Any, split: str) -> None:

@@ -2,7 +2,7 @@
 
 Registered lazily by ``module:Class`` so that loading this plugin imports no torch.
 Metrics: ``recall``, ``mrr``, ``ndcg`` (task rec), ``dist``, ``bleu``, ``f1``,
-``item_ratio`` (task gen), ``ppl`` (task nll).  Protocols: ``crslab``, ``fresh``,
+``item_ratio`` (task gen), ``ppl`` (task nll).  Protocols: ``crslab``, ``all_turns``, ``fresh``,
 ``cold_start``, ``user_adapt`` (see :mod:`crs.plugins.metrics.protocols`).
 """
 from crs.hookspecs import hookimpl
@@ -23,6 +23,7 @@ METRICS = {
 
 PROTOCOLS = {
     "crslab": f"{_HERE}.protocols:CRSLabProtocol",
+    "all_turns": f"{_HERE}.protocols:AllTurnsProtocol",
     "fresh": f"{_HERE}.protocols:FreshProtocol",
     "cold_start": f"{_HERE}.protocols:ColdStartProtocol",
     "user_adapt": f"{_HERE}.protocols:UserAdaptProtocol",

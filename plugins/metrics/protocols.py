@@ -1,12 +1,24 @@
-"""Evaluation protocols: which recommender turns are scored, against which candidates.
+"""Evaluation protocols: which turns are scored, against which candidates.
 
-All three start from the pipeline's recommender-turn samples (one per turn with
-context) and score one sample per recommended item (``sample.for_item(i)``; an
-item recommended twice in one turn counts once).  The candidate set is every
-item (``candidates: all``, the only option so far).  They differ in exclusions:
+All start from the pipeline's samples (one per turn with context of a
+``samples.roles`` speaker) and score one sample per target item
+(``sample.for_item(i)``; an item named twice in one turn counts once).  The
+candidate set is every item (``candidates: all``, the only option so far).  All
+but ``all_turns`` score recommender turns only, whatever ``samples.roles`` says, so
+their figures keep their meaning.  They differ in exclusions:
 
 - ``crslab`` (id ``crslab-v1``): every recommended item; items already
   mentioned in the dialogue stay among the candidates;
+- ``all_turns`` (id ``all-turns-v1``): every turn of either speaker that mentions an
+  item (after the first turn; consecutive messages of one speaker are one turn), one
+  sample per item it mentions, as the C2-CRS loader builds its recommendation data
+  (``rec_process_fn_given_dataset`` of Zyh716/WSDM2022-C2CRS: every merged turn with
+  context, no role filter; CRSLab's KGSF loader keeps ``role == 'Recommender'``, which is
+  crslab), so figures sit next to that paper's tables.  It needs ``samples.roles:
+  [seeker, recommender]`` (a ConfigError before training otherwise).  As in crslab, the
+  candidates keep the items already mentioned.  Two differences from that loader remain:
+  it keeps only movies its KG links (ReDial: 6,112 of 6,924), where every item counts
+  here; and an item named twice in one turn gives it two samples, here one;
 - ``fresh`` (id ``fresh-v1``): only recommended items not mentioned earlier, and
   mentioned items are removed from the candidates (score -inf);
 - ``cold_start`` (id ``cold-start-v1``): as crslab, restricted to turns whose
@@ -31,11 +43,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 
 from crs.data.samples import Sample
+from crs.data.schema import RECOMMENDER, SEEKER
 from crs.data.tasks import SingleRule, TaskUnit
 from crs.errors import ConfigError
 from crs.interfaces import BuildDeps, EvaluationProtocol
@@ -48,15 +61,22 @@ class ProtocolConfig:
     candidates: CandidateSet = "all"  # the items ranked for every sample; only "all" for now
 
 
+def sample_role(sample: Sample) -> str:
+    """The speaker of the turn `sample` was made of (samples built before roles existed: the recommender)."""
+    return (getattr(sample, "response_turn", None) or {}).get("role", RECOMMENDER)
+
+
 class _ItemProtocol(EvaluationProtocol):
-    """Shared expansion of recommender turns into one scored sample per recommended item."""
+    """Shared expansion of turns into one scored sample per target item."""
 
     Config = ProtocolConfig
+    # whose turns are scored; samples of other speakers' turns (samples.roles) are left out
+    roles: ClassVar[tuple[str, ...]] = (RECOMMENDER,)
 
     def rec_samples(self, samples: list[Sample]) -> list[Sample]:
         out = []
         for sample in samples:
-            if not self.keeps_turn(sample):
+            if sample_role(sample) not in self.roles or not self.keeps_turn(sample):
                 continue
             for item in dict.fromkeys(sample.target_items):  # de-duplicated, order kept
                 if self.keeps_target(sample, item):
@@ -74,6 +94,17 @@ class CRSLabProtocol(_ItemProtocol):
     """CRSLab's protocol: every recommended item of every recommender turn, all items ranked."""
 
     id = "crslab-v1"
+
+
+class AllTurnsProtocol(_ItemProtocol):
+    """Every turn, of either speaker, that mentions an item: the C2-CRS / KGSF loaders' recommendation data.
+
+    A seeker turn's targets are the items it mentions (``crs.data.build``), so the model
+    is also scored on predicting the movie a seeker is about to name.
+    """
+
+    id = "all-turns-v1"
+    roles = (SEEKER, RECOMMENDER)
 
 
 class FreshProtocol(_ItemProtocol):
