@@ -141,7 +141,8 @@ class MeseGenerator(Generator):
         target = _pad_to(targets, width, 0)
         loss_mask = _pad_to(loss_masks, width, False)
         nll_mask = _pad_to(nll_masks, width, False)
-        log_probs = F.log_softmax(logits.float(), dim=-1)
+        # half-precision logits are summed in float32; float64 (tests) stays float64
+        log_probs = F.log_softmax(logits if logits.dtype == torch.float64 else logits.float(), dim=-1)
         smoothing = float(encoder.config.label_smoothing)
         loss = token_nll(log_probs, target, loss_mask, smoothing)["loss"]
         stats = token_nll(log_probs, target, nll_mask)
@@ -167,6 +168,18 @@ class MeseGenerator(Generator):
         return self._fill(texts, chosen, inputs)
 
     def _reply(self, context: Any, inputs: dict[str, Any], row: int, items: list[int], limit: int) -> str:
+        """Reply text of sample `row` (special tokens other than [MOVIE_ID] dropped)."""
+        special, tok = context.special, context.tokenizer
+        hidden_ids = {int(i) for i in tok.all_special_ids} | {special.rec, special.rec_end, special.sep}
+        hidden_ids.discard(special.movie_id)
+        ids = self.reply_token_ids(context, inputs, row, items, limit)
+        return tok.decode([i for i in ids if i not in hidden_ids], skip_special_tokens=False).strip()
+
+    def reply_token_ids(self, context: Any, inputs: dict[str, Any], row: int, items: list[int], limit: int,
+                        trace: list | None = None) -> list[int]:
+        """Greedy reply ids of sample `row` after D (EOT cut off), inserting `items` when there are any.
+
+        `trace`, when given, receives the logits (V,) each generated token was chosen from."""
         special = context.special
         table = context.model.get_input_embeddings()
         device = table.weight.device
@@ -177,26 +190,23 @@ class MeseGenerator(Generator):
             ites = inputs["item_embeds"][lookup[torch.tensor(items, device=device)]].to(table.weight.dtype)
             block = torch.cat([ites, table(torch.tensor([special.rec_end], device=device))]).unsqueeze(0)
             hidden, prefix = _step(context, prefix, block)
-            next_id = int(head(hidden[:, -1]).argmax(dim=-1))
+            logits = head(hidden[0, -1])
         else:
-            prefix = prefix.hide_last(torch.tensor([True], device=device))
-            next_id = int(context.decision_logits[row].argmax())
-            if next_id == special.rec:  # gold mode on a turn the model would recommend on: take the runner-up
-                next_id = int(context.decision_logits[row].topk(2).indices[1])
+            prefix = prefix.hide_last(torch.tensor([True], device=device))  # no [REC]: the reply follows the header
+            # gold mode on a turn the model would recommend on: [REC] is not a reply token
+            logits = context.decision_logits[row].clone()
+            logits[special.rec] = float("-inf")
         generated: list[int] = []
         eot = special.eot
         while True:
-            generated.append(next_id)
+            if trace is not None:
+                trace.append(logits)
+            generated.append(int(logits.argmax()))
             if generated[-len(eot):] == eot or len(generated) >= limit:
                 break
-            hidden, prefix = _step(context, prefix, table(torch.tensor([[next_id]], device=device)))
-            next_id = int(head(hidden[:, -1]).argmax(dim=-1))
-        if generated[-len(eot):] == eot:
-            generated = generated[:-len(eot)]
-        tok = context.tokenizer
-        hidden_ids = {int(i) for i in tok.all_special_ids} | {special.rec, special.rec_end, special.sep}
-        hidden_ids.discard(special.movie_id)
-        return tok.decode([i for i in generated if i not in hidden_ids], skip_special_tokens=False).strip()
+            hidden, prefix = _step(context, prefix, table(torch.tensor([[generated[-1]]], device=device)))
+            logits = head(hidden[0, -1])
+        return generated[:-len(eot)] if generated[-len(eot):] == eot else generated
 
     def _fill(self, texts: list[str], chosen: list[list[int]], inputs: dict[str, Any]) -> list[str]:
         """The k-th [MOVIE_ID] -> the k-th item: the inserted ones, then the recommender's next best."""
