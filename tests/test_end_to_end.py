@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from mese_tiny import tiny_overrides
 
 from crs.config.loader import find_registry_file, load_config
 from crs.evaluation.significance import compare_runs
@@ -86,7 +87,8 @@ def preset_pipeline(registry, tmp_path_factory):
     def get(preset: str) -> tuple:
         if preset not in built:
             run_dir = tmp_path_factory.mktemp(preset)
-            spec, resolved = load_config(None, [f"preset={preset}", "data=demo", f"run_dir={run_dir}"],
+            spec, resolved = load_config(None, [f"preset={preset}", "data=demo", f"run_dir={run_dir}",
+                                                *tiny_overrides(preset)],  # pretrained models: tiny random ones
                                          registry=registry)
             built[preset] = spec, build_pipeline(spec, registry, resolved)
         return built[preset]
