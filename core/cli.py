@@ -278,6 +278,69 @@ def _items(args: argparse.Namespace) -> int:
     return 0
 
 
+# -------------------------------------------------------------- chat, serve
+def _configure_chat(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_dir", metavar="RUN_DIR", help="a finished run's folder (holds config.yaml and "
+                                                           "checkpoint.pt)")
+    parser.add_argument("--recs", type=int, default=5, metavar="N", help="recommendations shown per turn (1-50)")
+    parser.add_argument("--reply-tokens", type=int, default=20, metavar="N",
+                        help="longest generated reply, in tokens (default 20)")
+
+
+def _chat(args: argparse.Namespace) -> int:
+    from .serving.chat import chat_main  # torch and the pipeline load only here
+
+    _check_range("--recs", args.recs, 1, 50)
+    _check_range("--reply-tokens", args.reply_tokens, 1, 200)
+    return chat_main(args.run_dir, top_n=args.recs, reply_tokens=args.reply_tokens)
+
+
+def _configure_serve(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_dir", metavar="RUN_DIR", help="a finished run's folder (holds config.yaml and "
+                                                           "checkpoint.pt)")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to bind (default 127.0.0.1: this machine only; 0.0.0.0 exposes it)")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--max-sessions", type=int, default=100, help="open conversations kept at most")
+    parser.add_argument("--idle-timeout", type=float, default=1800.0, metavar="SECONDS",
+                        help="a conversation idle this long is dropped (default 1800)")
+    parser.add_argument("--max-chars", type=int, default=500, help="longest utterance accepted, in characters")
+    parser.add_argument("--reply-tokens", type=int, default=20, metavar="N", help="longest generated reply")
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import importlib.util
+
+    from .errors import ConfigError
+
+    missing = [name for name in ("fastapi", "uvicorn") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ConfigError("", f"`crs serve` needs {' and '.join(missing)}, which is not installed",
+                          "install the serve extra: pip install -e '.[serve]' (or EXTRAS=serve bash scripts/setup.sh)",
+                          source="command line")
+    _check_range("--port", args.port, 1, 65535)
+    _check_range("--max-sessions", args.max_sessions, 1, 1_000_000)
+    _check_range("--max-chars", args.max_chars, 1, 100_000)
+    _check_range("--reply-tokens", args.reply_tokens, 1, 200)
+    if not args.idle_timeout > 0:
+        raise ConfigError("--idle-timeout", f"must be a positive number of seconds, got {args.idle_timeout}",
+                          "e.g. --idle-timeout 1800", source="command line")
+    from .serving.server import ServeSettings, serve_main
+
+    settings = ServeSettings(max_sessions=args.max_sessions, idle_timeout_s=args.idle_timeout,
+                             max_chars=args.max_chars, reply_tokens=args.reply_tokens,
+                             max_body_bytes=max(16_384, 8 * args.max_chars))
+    return serve_main(args.run_dir, host=args.host, port=args.port, settings=settings)
+
+
+def _check_range(flag: str, value: int, low: int, high: int) -> None:
+    from .errors import ConfigError
+
+    if not low <= value <= high:
+        raise ConfigError(flag, f"must be from {low} to {high}, got {value}", f"e.g. {flag} {low}",
+                          source="command line")
+
+
 # ----------------------------------------------------------------- compare
 def _configure_compare(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_a", help="run folder of system A (holds rankings.jsonl)")
@@ -336,6 +399,10 @@ SUBCOMMANDS: dict[str, Subcommand] = {
     "components": Subcommand("components with their config keys (help, allowed values) and ports; one by name",
                              _configure_components, _components),
     "data": Subcommand("download public corpora or write the demo corpus to files", _configure_data, _data),
+    "chat": Subcommand("talk to a finished run's pipeline in the terminal (replies, recommendations, /why)",
+                       _configure_chat, _chat),
+    "serve": Subcommand("serve a finished run's pipeline: JSON API and a chat page (localhost by default)",
+                        _configure_serve, _serve),
     "compare": Subcommand("paired bootstrap test of two runs' per-sample recommendation ranks",
                           _configure_compare, _compare),
     "items": Subcommand("add items to a trained run (recommendable without retraining)", _configure_items, _items),

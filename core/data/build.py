@@ -290,6 +290,18 @@ class SampleBuilder:
             ))
         return samples
 
+    def next_turn_sample(self, turns: Sequence[Turn], conv_id: str = "chat", user_id: str = "") -> Sample:
+        """The sample of the recommender turn that would follow `turns` (live chat, :mod:`crs.serving.session`).
+
+        Built by :meth:`conversation`, exactly as training builds the sample of a recommender
+        turn after these turns, with an empty reply and no targets (nothing was recommended yet).
+        """
+        upcoming = Turn(index=len(turns), role=RECOMMENDER, text="")
+        samples = self.conversation(Conversation(conv_id, user_id, [*turns, upcoming]))
+        if not turns or not samples or samples[-1].turn_index != upcoming.index:
+            raise ValueError("a recommender turn needs at least one turn before it")
+        return samples[-1]
+
 
 def check_roles(roles: Sequence[str]) -> frozenset[str]:
     """``samples.roles`` as a set; a ConfigError when it is empty or names no speaker role."""
