@@ -7,7 +7,10 @@ never another plugin.  The context tokens are encoded by a standard Transformer
 encoder; the decoder attends to the encoder states only.  Input embedding, decoder
 embedding and (by default) the output projection share one matrix; with
 ``embedding: <name>`` that matrix is the pipeline's shared module ``shared.<name>``
-(e.g. a ``token_embedding`` several slots use) instead of one of its own.
+(e.g. a ``token_embedding`` several slots use) instead of one of its own.  With
+``context_states: true`` it has no encoder: the decoder attends to the ``context_states``
+port, another slot's encoder states (C2-CRS's context encoder, which the conversation
+stage keeps frozen), so one context encoder serves the recommender and the generator.
 
 Ports (local name -> default key):
 
@@ -18,6 +21,8 @@ tokens_mask        batch.context_tokens_mask        (B, L) bool
 response           batch.response_tokens            optional, (B, R): BOS y_1 .. y_n EOS
 response_mask      batch.response_tokens_mask       optional, (B, R) bool
 vocab_bias         vocab_bias                       optional, (B, V) added to the logits (e.g. ``multi_style``)
+context_states     context_states                   only with ``context_states: true``: (B, L, dim) encoder
+                                                    states, and ``context_states_mask`` (B, L) bool
 outputs (all optional: only when a response is given)
 loss.gen           loss.gen                         mean token cross-entropy over non-pad targets
 nll_sum            nll_sum                          float, summed plain NLL (for perplexity)
@@ -71,6 +76,8 @@ class TransformerGenerator(Generator):
         label_smoothing: float = 0.0
         # name of a `shared:` token embedding (e.g. one the context encoder also reads); None = own one
         embedding: Optional[str] = None
+        # true: no own encoder; attend to the `context_states` port (another slot's context encoder) instead
+        context_states: bool = False
 
     def __init__(self, config: Any, deps: BuildDeps):
         super().__init__(config, deps)
@@ -84,8 +91,10 @@ class TransformerGenerator(Generator):
             init_token_embedding_(self.embedding.weight, self.pad)
         else:  # a SharedRef: the pipeline owns the matrix, this slot only uses it
             self.embedding = use_token_embedding(deps, config.embedding, dim)
-        self.encoder = TransformerEncoder(self.embedding, dim, config.heads, config.layers, config.ffn_dim,
-                                          config.dropout, config.max_len, config.attention_dropout)
+        # with port-fed context states there is nothing to encode here (and no parameters to hold for it)
+        self.encoder = None if config.context_states else TransformerEncoder(
+            self.embedding, dim, config.heads, config.layers, config.ffn_dim, config.dropout, config.max_len,
+            config.attention_dropout)
         self.decoder = TransformerDecoder(self.embedding, dim, config.heads, config.layers, config.ffn_dim,
                                           config.dropout, config.max_len, sources=self.memory_sources(),
                                           attention_dropout=config.attention_dropout)
@@ -112,6 +121,9 @@ class TransformerGenerator(Generator):
             # a per-sample bias over the vocabulary from another slot (CCRS's styles, KBRD's user bias),
             # added in vocab_logits so that the loss and decoding both see it
             "vocab_bias": Port("vocab_bias", self.vocab_size, optional=True, doc="bias over the vocabulary (B, V)"),
+            **({"context_states": Port("context_states", self.config.dim, doc="another slot's encoder states"),
+                "context_states_mask": Port("context_states_mask", doc="their mask (B, L), True = real")}
+               if self.config.context_states else {}),
         }
 
     def output_ports(self) -> dict[str, Port]:
@@ -130,6 +142,11 @@ class TransformerGenerator(Generator):
 
     def encode(self, inputs: dict[str, Any]) -> dict[str, Memory]:
         """Everything the decoder attends to, computed once per batch (cached while decoding)."""
+        if self.encoder is None:  # context_states: true
+            states, mask = inputs["context_states"], inputs.get("context_states_mask")
+            if mask is None:
+                mask = torch.ones(states.shape[:2], dtype=torch.bool, device=states.device)
+            return {"encoder": (states, mask.bool())}
         tokens = inputs["tokens"]
         mask = inputs.get("tokens_mask")
         return {"encoder": self.encoder(tokens, None if mask is None else mask.bool())}
