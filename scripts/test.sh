@@ -5,6 +5,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 EXTRAS=test bash scripts/setup.sh
+# tests/test_serve_browser.py drives Debian's chromium through chromium-driver: installed here when absent and
+# apt-get can (root, or password-less sudo); the test fails under CI=1 when they are still missing.
+if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+    SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo -n"
+    if command -v apt-get >/dev/null && { [ -z "$SUDO" ] || sudo -n true 2>/dev/null; }; then
+        { $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium chromium-driver; } \
+            >/dev/null || echo "could not install chromium + chromium-driver (the browser test will say so)" >&2
+    fi
+fi
 lint=0
 .venv/bin/ruff check . || lint=$?  # rules and exclusions: [tool.ruff] in pyproject.toml
 tests=0

@@ -329,13 +329,13 @@ class ChatSession:
         self.turns, self.last = [], None
 
     def say(self, text: str, *, top_n: int = TOP_N, reply: bool = True, reply_tokens: int = REPLY_TOKENS,
-            max_chars: int = MAX_CHARS) -> Answer:
+            max_chars: int = MAX_CHARS, why: bool = True) -> Answer:
         """Add the user's turn, answer it, and add the generated reply (if any) as the recommender's turn."""
         text = clean_utterance(text, max_chars)
         finder = self.engine.finder
         turns = [*self.turns, finder.turn(len(self.turns), SEEKER, text)]
         answer, raw_reply = self.engine.answer(turns, top_n=top_n, reply=reply, reply_tokens=reply_tokens,
-                                               conv_id=self.conv_id)
+                                               why=why, conv_id=self.conv_id)
         if raw_reply is not None and raw_reply.strip():
             turns.append(finder.turn(len(turns), RECOMMENDER, raw_reply))
         self.turns, self.last = turns, answer
