@@ -6,6 +6,7 @@ files: ``report.json``, ``rankings.jsonl`` and ``generations.jsonl``.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import resource
 import sys
@@ -57,10 +58,16 @@ def run(config_path: str | None, overrides: list[str], *, resume: bool = False, 
         raise ConfigError("", "--resume continues the run in the folder and --overwrite replaces it",
                           "pass one of them", source="command line")
 
+    from .training import distributed
     from .training.run_log import console
 
-    with console():
-        return _run_in_folder(registry, spec, resolved, resume=resume, overwrite=overwrite, progress=progress)
+    # Under torchrun: join the process group (gloo on CPU, nccl on CUDA); nothing happens in one process.
+    distributed.init_from_env(spec.device)
+    try:
+        with console(), distributed.quiet_unless_main():
+            return _run_in_folder(registry, spec, resolved, resume=resume, overwrite=overwrite, progress=progress)
+    finally:
+        distributed.shutdown()
 
 
 def _run_in_folder(registry, spec, resolved: dict, *, resume: bool, overwrite: bool, progress: bool) -> int:
@@ -73,14 +80,18 @@ def _run_in_folder(registry, spec, resolved: dict, *, resume: bool, overwrite: b
     from .io import atomic_write_text
     from .pipeline import build_pipeline
     from .run_folder import CONFIG_FILE, claim, clear_run, refuse_existing_run
+    from .training import distributed
     from .training.checkpoint import check_resumable, comparable_config
     from .training.seeding import seed_everything
     from .training.trainer import Trainer
 
     out = Path(spec.run_dir)
     check_shared_data(spec, registry)  # before a folder exists: a missing corpus leaves nothing behind
-    with claim(out):
-        refuse_existing_run(out, resume=resume, overwrite=overwrite)
+    # Under torchrun, rank 0 alone holds the folder, checks it and writes into it; the others only read the checkpoint.
+    main = distributed.current().main
+    with claim(out) if main else contextlib.nullcontext():
+        if main:
+            refuse_existing_run(out, resume=resume, overwrite=overwrite)
         # A damaged checkpoint or another config: refused before the (slow) loading, nothing written.  The checked
         # checkpoint goes to the trainer, which would otherwise read, hash and compare it all over again.
         checkpoint = check_resumable(out, comparable_config(resolved)) if resume else None
@@ -95,11 +106,12 @@ def _run_in_folder(registry, spec, resolved: dict, *, resume: bool, overwrite: b
         item_texts = pipeline.item_text_report()  # which texts stood in for reviews, and their coverage
         print_item_texts(item_texts, spec.evaluation.split)
         print_skipped_lines(pipeline)
-        if overwrite:
+        if overwrite and main:
             removed = clear_run(out)
             if removed:
                 log.info("--overwrite: removed the previous run's %s from %s", ", ".join(removed), out)
-        atomic_write_text(out / CONFIG_FILE, yaml.safe_dump(resolved, sort_keys=False))
+        if main:
+            atomic_write_text(out / CONFIG_FILE, yaml.safe_dump(resolved, sort_keys=False))
 
         t0 = time.perf_counter()
         trainer = Trainer(pipeline, out, resume=resume, progress=progress, checkpoint=checkpoint)
@@ -109,6 +121,8 @@ def _run_in_folder(registry, spec, resolved: dict, *, resume: bool, overwrite: b
         throughput = {stage: {**{k: round(v, 3) for k, v in t.items()},
                               "samples_per_s": round(t["samples"] / t["train_s"], 1) if t["train_s"] else None}
                       for stage, t in trainer.timings.items()}
+        if not main:
+            return 0  # rank 0 evaluates (every sample once) and writes the report
 
         t0 = time.perf_counter()
         ev = spec.evaluation
@@ -126,6 +140,7 @@ def _run_in_folder(registry, spec, resolved: dict, *, resume: bool, overwrite: b
                      "item_train_counts": item_train_counts(pipeline),
                      **({"item_texts": item_texts} if item_texts else {})},
             "history": history,
+            **distributed.report_entry(),  # under torchrun: processes and backend ({} in one process)
         }
         path = write_evaluation(out, results, resolved, extra)
         write_curves(out)

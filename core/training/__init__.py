@@ -5,7 +5,7 @@
 - ``stage.py`` (objectives, parameters, freezing), ``optim.py`` (optimizers, parameter groups, LR schedules),
   ``precision.py`` (device check, autocast, fp16 gradient scaler), ``early_stopping.py``, ``checkpoint.py``,
   ``run_log.py`` (metrics.jsonl, TensorBoard, progress), ``seeding.py`` (seeds and RNG state capture),
-  ``callbacks.py`` (lifecycle hooks).
+  ``callbacks.py`` (lifecycle hooks), ``distributed.py`` (torchrun: DDP, sharded batches, rank-0 writes).
 
 Training strategies themselves are components (``crs.plugins.training`` ships ``plain``).
 """

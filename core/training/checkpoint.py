@@ -19,7 +19,9 @@ global_step        optimizer steps taken in the current stage
 early_stopping     :meth:`EarlyStopper.state_dict` of the current stage, or None: the
                    best value and epoch so far and ``best_file``, the file holding that
                    epoch's model
-rng                :func:`crs.training.seeding.capture_rng_state`
+rng                :func:`crs.training.seeding.capture_rng_state` (rank 0's under torchrun)
+rng_by_rank        under torchrun only: every rank's RNG state, in rank order
+                   (:mod:`crs.training.distributed`)
 history            the history so far ({stage: [epoch records]})
 metrics_size       length of metrics.jsonl when the checkpoint was written
 checksum           :func:`crs.training.checksum.state_checksum` of everything above

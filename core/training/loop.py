@@ -33,6 +33,7 @@ from typing import Any, Iterator
 import torch
 
 from ..errors import ConfigError
+from . import distributed
 from .precision import Precision
 from .run_log import MetricsLog, progress_bar
 from .seeding import derived_seed
@@ -57,7 +58,7 @@ class EpochLoop:
     def __init__(self, *, pipeline: Any, plan: StagePlan, parameters: list[torch.nn.Parameter],
                  optimizer: torch.optim.Optimizer, scheduler: Any, epoch: int, global_step: int,
                  run_seed: int, metrics: MetricsLog | None, log_every: int = 50, progress: bool = True,
-                 precision: Precision | None = None):
+                 precision: Precision | None = None, forward: torch.nn.Module | None = None):
         self.pipeline = pipeline
         self.model = pipeline.model
         self.plan = plan
@@ -86,6 +87,11 @@ class EpochLoop:
         self._stepped = False  # an optimizer step happened since the last log_step
         self._step_sums: dict[str, float] = {}  # logged parts of the batches of the current optimizer step
         self._step_count = 0
+        # Under torchrun (crs.training.distributed): the DDP replica the training forward goes through,
+        # and this rank's shard of each global batch handed out by batches(), by id of the collated batch.
+        self._forward = forward if forward is not None else self.model
+        self._dist = distributed.current()
+        self._shards: dict[int, distributed.Shard] = {}
 
     # ------------------------------------------------------------------ data
     def batches(self, samples: list | None = None, *, batch_size: int | None = None,
@@ -99,12 +105,24 @@ class EpochLoop:
         chosen = self.samples if samples is None else samples
         size = int(batch_size or self.stage.batch_size)
         seed = self.seed if salt is None else derived_seed(self.seed, salt)
-        iterator = self.pipeline.batches(chosen, size, shuffle=True, seed=seed)
+        if self._dist.active:
+            iterator = self._sharded_batches(chosen, size, seed)
+        else:
+            iterator = self.pipeline.batches(chosen, size, shuffle=True, seed=seed)
         if samples is not None or salt is not None:
             return iterator
         desc = f"{self.stage.name} {self.epoch + 1}/{self.stage.epochs}"
         self._bar = progress_bar(iterator, enabled=self._progress, total=math.ceil(len(chosen) / size), desc=desc)
         return iter(self._bar)
+
+    def _sharded_batches(self, samples: list, size: int, seed: int) -> Iterator[dict]:
+        """This rank's shard of each global batch one process would draw (crs.training.distributed)."""
+        dist = self._dist
+        for shard in distributed.shard_batches(samples, size, shuffle=True, seed=seed, rank=dist.rank,
+                                               world_size=dist.world_size):
+            for batch in self.pipeline.batches(shard.samples, len(shard.samples), shuffle=False, seed=0):
+                self._shards = {id(batch): shard}  # one batch at a time: the previous one is done with
+                yield batch
 
     # ------------------------------------------------------------------ loss
     def loss(self, state_or_batch: dict, params: dict[str, torch.Tensor] | None = None
@@ -121,6 +139,8 @@ class EpochLoop:
         parameters: a MAML inner or query pass.  The model's parameters are untouched.
         """
         state = state_or_batch
+        if self._dist.active:
+            return self._sharded_loss(state_or_batch, params)
         if params is not None:
             from .meta import functional_compute  # meta imports this module
 
@@ -128,6 +148,17 @@ class EpochLoop:
         elif not all(key in state for key in self.wanted):
             state = self.model.compute(state_or_batch, self.wanted)
         return weighted_objective(state, self.objectives, self.plan.path)
+
+    def _sharded_loss(self, batch: dict, params: dict[str, torch.Tensor] | None
+                      ) -> tuple[torch.Tensor, dict[str, float]]:
+        """Under torchrun: the forward through the DDP replica, the loss scaled so that DDP's gradient average
+        is the global batch's mean gradient, and the parts as the global batch's sample-weighted means."""
+        shard = self._shards.pop(id(batch), None)
+        if params is not None or shard is None:  # check_strategy lets only strategies that batch plainly through
+            raise RuntimeError("under torchrun, EpochLoop.loss takes the batches of loop.batches() and no fast "
+                               "weights (crs.training.distributed)")
+        total, parts = weighted_objective(self._forward(batch, self.wanted), self.objectives, self.plan.path)
+        return total * shard.loss_scale, distributed.all_reduce_weighted_means(parts, shard.weight)
 
     def step(self, total: torch.Tensor | None) -> None:
         """Backward; every ``accumulate`` calls: clip the gradient norm, optimizer and scheduler step, zero grads.

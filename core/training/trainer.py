@@ -44,6 +44,7 @@ import torch
 from ..errors import ConfigError
 from ..io import atomic_write_json
 from ..run_folder import HISTORY_FILE
+from . import distributed
 from .callbacks import evaluation_hooks, notify
 from .checkpoint import (
     CHECKPOINT_FILE,
@@ -102,6 +103,8 @@ class Trainer:
         # the check here, so that a bad device is a config error, not a CUDA traceback.
         device = getattr(pipeline, "device", None)
         self.device = device if device is not None else resolve_device(getattr(self.spec, "device", "cpu"))
+        # Under torchrun: this process's rank; rank 0 alone writes (crs.training.distributed).
+        self._dist = distributed.current()
 
     # ------------------------------------------------------------------ run
     def fit(self) -> dict[str, list[dict[str, Any]]]:
@@ -112,9 +115,10 @@ class Trainer:
         """
         self._check_stage_names()
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        seed_everything(int(self.spec.seed))
+        seed_everything(distributed.rank_seed(int(self.spec.seed), self._dist.rank))  # the run seed in one process
         checkpoint = self._load_for_resume()
-        self._metrics = MetricsLog(self.run_dir, fresh=checkpoint is None, tensorboard=self.tensorboard)
+        self._metrics = MetricsLog(self.run_dir, fresh=checkpoint is None, tensorboard=self.tensorboard) \
+            if self._dist.main else distributed.SilentMetricsLog()
         try:
             if checkpoint is None:
                 return self._run_from(0, None)
@@ -122,13 +126,13 @@ class Trainer:
             self.history = checkpoint["history"]
             self.model.load_state_dict(checkpoint["model"])
             if checkpoint["done"]:
-                restore_rng_state(checkpoint["rng"])
+                restore_rng_state(self._own_rng(checkpoint))
                 log.warning("the run in %s had already finished; its final state is loaded", self.run_dir)
-                atomic_write_json(self.run_dir / HISTORY_FILE, self.history)
+                self._write_history()
                 return self.history
             if checkpoint["stage_done"]:
                 # Captured at the end of the stage, before the next stage was set up: restore here too.
-                restore_rng_state(checkpoint["rng"])
+                restore_rng_state(self._own_rng(checkpoint))
                 return self._run_from(checkpoint["stage_index"] + 1, None)
             return self._run_from(checkpoint["stage_index"], checkpoint)
         finally:
@@ -139,7 +143,7 @@ class Trainer:
         for index in range(first_stage, len(stages)):
             self._run_stage(index, stages[index], resume_state if index == first_stage else None)
         self._save(stage_index=max(len(stages) - 1, 0), epoch=-1, stage_done=True, done=True)
-        atomic_write_json(self.run_dir / HISTORY_FILE, self.history)
+        self._write_history()
         return self.history
 
     def _load_for_resume(self) -> dict[str, Any] | None:
@@ -171,6 +175,7 @@ class Trainer:
             if int(stage.epochs) > 0:
                 path = f"stages.{index}.strategy"
                 strategy = self.pipeline.build("training_strategy", stage.strategy, path)
+                distributed.check_strategy(strategy, stage.strategy, path)  # under torchrun: can it be sharded?
                 strategy.check_samples(list(self.pipeline.task_samples("train", stage.task)), path)
 
     # ---------------------------------------------------------------- stage
@@ -182,7 +187,7 @@ class Trainer:
         stopper = self._early_stopper(plan, valid_samples)
         protocol = self._valid_protocol() if stopper is not None and stopper.needs_evaluation else None
         records = self.history.setdefault(str(stage.name), [])
-        with train_only(self.model, plan.parameters) as trainable:
+        with train_only(self.model, plan.parameters) as trainable, distributed.training_replica(self.model) as replica:
             # checked=True: check_stage checked the optimizer's numbers (and the schedule's) before any stage trained
             optimizer = build_optimizer(stage.optimizer, plan.named_parameters, f"{plan.path}.optimizer",
                                         norm_ids=norm_parameter_ids(self.model), checked=True)
@@ -201,14 +206,14 @@ class Trainer:
                     stopper.load_state_dict(resume_state["early_stopping"])
                 first_epoch, global_step = resume_state["epoch"] + 1, resume_state["global_step"]
                 # Restored after the stage set-up, exactly where it was captured in the original run.
-                restore_rng_state(resume_state["rng"])
+                restore_rng_state(self._own_rng(resume_state))
             ended = False
             for epoch in range(first_epoch, int(stage.epochs)):
                 self.model.train()
                 loop = EpochLoop(pipeline=self.pipeline, plan=plan, parameters=trainable, optimizer=optimizer,
                                  scheduler=scheduler, epoch=epoch, global_step=global_step,
                                  run_seed=int(self.spec.seed), metrics=self._metrics, log_every=self.log_every,
-                                 progress=self.progress, precision=precision)
+                                 progress=self.progress, precision=precision, forward=replica)
                 started = epoch_started = time.perf_counter()
                 try:
                     with precision.autocast():
@@ -226,7 +231,7 @@ class Trainer:
                 self._metrics.write(stage.name, epoch + 1, global_step, "train", record["train"], scope="epoch")
                 if valid_samples:
                     started = time.perf_counter()
-                    record["valid"] = self._validate(plan, valid_samples, protocol, stopper)
+                    record["valid"] = self._validate_on_main(plan, valid_samples, protocol, stopper)
                     if stopper is not None and stopper.is_sum:  # show the compared sum next to its parts
                         record["valid"][stopper.metric] = stopper.value_of(record["valid"])
                     timing["valid_s"] += time.perf_counter() - started
@@ -253,9 +258,10 @@ class Trainer:
                     # Before the checkpoint: a resumed run must not see (or miss) what the hook did.
                     notify(self.model, "on_train_end", stage=plan, pipeline=self.pipeline)
                     ended = True
+                    distributed.check_replicas_agree(self.model, f"stage '{stage.name}'")  # under torchrun
                 self._save(stage_index=index, epoch=epoch, stage_done=stage_done, optimizer=optimizer,
                            scheduler=scheduler, global_step=global_step, stopper=stopper, scaler=precision.scaler)
-                atomic_write_json(self.run_dir / HISTORY_FILE, self.history)
+                self._write_history()
                 if stop:
                     break
             if not ended:  # a stage of 0 epochs
@@ -297,6 +303,23 @@ class Trainer:
                               "list one under evaluation.protocols, or stop early on metric: loss")
         return self.pipeline.build("evaluation_protocol", protocols[0], "evaluation.protocols.0")
 
+    def _validate_on_main(self, plan: StagePlan, valid_samples: list, protocol: Any,
+                          stopper: EarlyStopper | None) -> dict[str, float]:
+        """:meth:`_validate`; under torchrun on rank 0 alone (every sample once, the single-process figures) and
+        broadcast, so every rank's early stopping takes rank 0's decision.  The other ranks run the evaluation
+        hooks meanwhile, so that state a hook keeps stays the same on every rank."""
+        if self._dist.main:
+            metrics = self._validate(plan, valid_samples, protocol, stopper)
+        else:
+            metrics = None
+            self.model.eval()
+            try:
+                with torch.no_grad(), evaluation_hooks(self.model, "valid", self.pipeline):
+                    pass
+            finally:
+                self.model.train()
+        return distributed.broadcast_object(metrics)
+
     def _validate(self, plan: StagePlan, valid_samples: list, protocol: Any,
                   stopper: EarlyStopper | None = None) -> dict[str, float]:
         """Mean valid losses (``loss`` = weighted total) and, with `protocol`, its report metrics.
@@ -334,6 +357,9 @@ class Trainer:
               scheduler: Any = None, global_step: int = 0, stopper: EarlyStopper | None = None,
               scaler: Any = None) -> None:
         assert self._metrics is not None
+        rng = distributed.gather_objects(capture_rng_state())  # every rank's streams, for --resume (one: [own])
+        if not self._dist.main:
+            return
         save_checkpoint(self.run_dir, {
             "config": self._config,
             "stage_index": stage_index,
@@ -346,12 +372,32 @@ class Trainer:
             "scaler": None if (stage_done or scaler is None) else scaler.state_dict(),
             "global_step": global_step,
             "early_stopping": None if (stage_done or stopper is None) else stopper.state_dict(),
-            "rng": capture_rng_state(),
+            "rng": rng[0],
             "history": self.history,
             "metrics_size": self._metrics.size(),
+            **({"rng_by_rank": rng} if len(rng) > 1 else {}),  # torchrun: rank r resumes from rng_by_rank[r]
         })
 
+    def _own_rng(self, checkpoint: dict[str, Any]) -> dict[str, Any]:
+        """This rank's saved RNG state: ``rng`` in one process (and on rank 0); under torchrun ``rng_by_rank``.
+
+        A run resumed with more processes than it was saved with seeds the extra ranks' streams afresh.
+        """
+        by_rank = checkpoint.get("rng_by_rank")
+        if self._dist.rank == 0:
+            return checkpoint["rng"]
+        if by_rank and self._dist.rank < len(by_rank):
+            return by_rank[self._dist.rank]
+        seed_everything(distributed.rank_seed(int(self.spec.seed), self._dist.rank))
+        return capture_rng_state()
+
+    def _write_history(self) -> None:
+        if self._dist.main:  # under torchrun, rank 0 alone writes
+            atomic_write_json(self.run_dir / HISTORY_FILE, self.history)
+
     def _save_best(self, plan: StagePlan, stopper: EarlyStopper) -> None:
+        if not self._dist.main:  # rank 0 writes; the others read it back in _restore_best
+            return
         save_best(self.run_dir, stage=plan.name, stage_index=plan.index, epoch=int(stopper.best_epoch),
                   metric=stopper.metric, value=float(stopper.best), model=cpu_state_dict(self.model))
 
@@ -361,6 +407,7 @@ class Trainer:
             return False
         state = stopper.legacy_best_state
         if state is None:
+            distributed.barrier()  # under torchrun: rank 0 has written best.pt before anyone reads it
             state = load_best(self.run_dir, stage=plan.name, stage_index=plan.index, epoch=int(stopper.best_epoch))
         self.model.load_state_dict(state)
         return True

@@ -18,6 +18,7 @@ class PlainStrategy(TrainingStrategy):
     """Mini-batch training over the stage's samples; no options."""
 
     Config = EmptyConfig
+    distributed = True  # its batches come from loop.batches(): torchrun can shard them (crs.training.distributed)
 
     def train_epoch(self, loop: Any) -> dict[str, float]:
         """Run one epoch through `loop` (a crs.training.EpochLoop); return the mean of each loss part."""
