@@ -180,3 +180,27 @@ def test_chat_in_a_pseudo_terminal(run_dir):
         transcript = child.before
         child.close()
     assert child.exitstatus == 0, transcript
+
+
+def test_a_recommendation_only_pipeline_answers_with_its_ranked_list(tmp_path):
+    """No generator (popularity): no reply, no recommender turn added; the list is the answer."""
+    from test_serve import TINY_KGSF
+
+    from crs.runner import run
+    from crs.serving.chat import load_engine
+
+    world = [o for o in TINY_KGSF if o.startswith(("data.", "knowledge.", "seed="))]
+    assert run(None, ["preset=popularity", "data=demo", *world], run_dir=str(tmp_path / "pop"), progress=False) == 0
+    engine = load_engine(str(tmp_path / "pop"))
+    assert not engine.has_generator
+    out = io.StringIO()
+    script = f"I liked {engine.item_names[0]}\nand something funny\n/quit\n"
+    assert ChatLoop(engine, stdin=io.StringIO(script), stdout=out).run() == 0
+    text = out.getvalue()
+    assert "answers with recommendations." in text and "bot> " not in text and text.count("  recommended:") == 2
+    session = engine.session()
+    answer = session.say("I want a comedy")
+    assert answer.reply is None and len(session.turns) == 1
+    counts = engine.pipeline.items.train_counts.tolist()
+    top = engine.pipeline.items.ids.index(answer.recommendations[0].item_id)
+    assert counts[top] == max(counts)  # the item recommended most often in train
