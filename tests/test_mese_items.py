@@ -70,11 +70,15 @@ def test_inspired_items_match_by_normalised_title_and_shared_titles_match_nothin
     path = tmp_path / "id2info.json"
     path.write_text(json.dumps(info))
     corpus = _corpus({"http://dbpedia.org/Se7en": Item("http://dbpedia.org/Se7en", "se7en  (1995)"),
-                      "heat-1995": Item("heat-1995", "HEAT (1995)"), "heat": Item("heat", "Heat")})
+                      "heat-1995": Item("heat-1995", "HEAT (1995)"), "heat": Item("heat", "Heat"),
+                      "<http://dbpedia.org/resource/Heat_(1986_film)>":
+                          Item("<http://dbpedia.org/resource/Heat_(1986_film)>", "Heat")})
     loaded = _source(path=str(path)).load(corpus).texts
     assert loaded["http://dbpedia.org/Se7en"] == ["se7en [SEP] [SEP] [SEP] crime [SEP]"]
     assert loaded["heat-1995"] == ["heat [SEP] [SEP] [SEP] action [SEP]"]  # the year decides
     assert loaded["heat"] == ["heat"]  # two films are called Heat: no guess, the title alone
+    # the URI names the year
+    assert loaded["<http://dbpedia.org/resource/Heat_(1986_film)>"] == ["heat [SEP] [SEP] [SEP] drama [SEP]"]
     assert corpus.report["mese_metadata"]["title_only"] == 1
 
 

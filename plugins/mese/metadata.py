@@ -17,7 +17,8 @@ Where the record comes from:
 - ``path: null`` (default): ``Item.meta``, which the ``redial`` dataset fills from iEvaLM's
   ``id2info.json``;
 - ``path: <id2info.json(.gz)>``: that file, by item id, else by normalised title (lower case,
-  punctuation and spaces folded; with year first, then without a year when that is unique).
+  punctuation and spaces folded): the title and year a DBpedia URI such as ``Heat_(1995_film)`` names,
+  then the item's name with its year, then without a year when only one record has that title.
   INSPIRED names its movies by title, so this is how it gets ReDial's metadata.
 """
 from __future__ import annotations
@@ -36,6 +37,7 @@ SEP = "[SEP]"
 FIELDS = ("name", "star", "director", "genre", "plot")
 _YEAR = re.compile(r"\s*\(\s*\d{4}\s*\)\s*$")
 _PUNCT = re.compile(r"[^\w\s]")
+_URI_FILM_YEAR = re.compile(r"/([^/]+?)_\((\d{4})_(?:[\w]+_)?film\)>?$")
 
 
 def strip_year(title: str) -> str:
@@ -128,8 +130,17 @@ class MeseMetadata(KnowledgeSource):
                     table[name] = None if name in table and table[name] != key else key
         records = {}
         for item_id, item in corpus.items.items():
-            key = item_id if item_id in info else (with_year.get(title_key(item.name))
-                                                  or without_year.get(title_key(item.name, keep_year=False)))
+            key = item_id if item_id in info else None
+            for name in (uri_title(item.entity or item_id), item.name):  # the URI's year first: it disambiguates
+                if key is None and name:
+                    key = with_year.get(title_key(name)) or (
+                        without_year.get(title_key(name, keep_year=False)) if name == item.name else None)
             if key is not None:
                 records[item_id] = info[key]
         return records
+
+
+def uri_title(uri: str) -> str:
+    """A title with year from a DBpedia film URI: ``<.../Heat_(1995_film)>`` -> ``"Heat (1995)"``; else ''."""
+    found = _URI_FILM_YEAR.search(str(uri))
+    return f"{found.group(1).replace('_', ' ')} ({found.group(2)})" if found else ""
