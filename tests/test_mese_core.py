@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 
 from crs.data.samples import Sample
+from crs.evaluation.evaluator import evaluate, spread
 from crs.interfaces import BuildDeps
 from crs.pipeline.builder import dialogue_samples
 from crs.plugins.metrics.conversation import Dist, RecommendationRate
@@ -60,3 +61,21 @@ def test_dist_can_strip_punctuation_and_says_so_in_its_keys():
     assert set(out) == {"gen.dist-1/sentences/nopunct", "gen.dist-1/ngrams/nopunct"}
     assert out["gen.dist-1/sentences/nopunct"] == 1.0  # hi there -> 2 / 2
     assert out["gen.dist-1/ngrams/nopunct"] == pytest.approx(2 / 4)  # 4 words left
+
+
+def test_spread_keeps_evenly_spaced_samples_in_order():
+    assert spread(list(range(10)), 4) == [0, 2, 5, 7]
+    assert spread(list(range(3)), 0) == [0, 1, 2] and spread(list(range(3)), 5) == [0, 1, 2]
+
+
+def test_max_rec_samples_caps_the_scored_recommendation_samples():
+    from test_evaluator import FakeModel, FakePipeline  # the evaluator tests' fake pipeline (3 crslab samples)
+
+    pipeline = FakePipeline(FakeModel(), [{"type": "recall", "ks": [1]}], protocols=[{"type": "crslab"}])
+    full = evaluate(pipeline, "test", tasks=("rec",))
+    pipeline.spec.evaluation.max_rec_samples = 2
+    capped = evaluate(pipeline, "test", tasks=("rec",))
+    assert full.sample_counts["crslab-v1"]["rec"] == 3 and capped.sample_counts["crslab-v1"]["rec"] == 2
+    assert full["crslab-v1"]["rec.recall@1"] == pytest.approx(2 / 3)
+    assert capped["crslab-v1"]["rec.recall@1"] == 1.0  # samples 0 and 1 (both hit) of the three
+    assert [r["turn"] for r in capped.rankings["crslab-v1"]] == [1, 1]

@@ -109,6 +109,10 @@ class EvaluationSpec:
     max_gen_tokens: int = 30
     batch_size: int = 64
     max_samples: int = 0  # 0 = all; caps generation samples for quick runs
+    # 0 = all; else scores that many recommendation samples per protocol, spread evenly over the split (for models
+    # whose scoring is costly, e.g. MESE's rank pass; protocols that adapt per user are not capped); the report's
+    # sample count says how many were scored
+    max_rec_samples: int = 0
 
 
 @dataclass

@@ -225,7 +225,8 @@ def evaluate(pipeline: Any, split: str, *, protocols: Iterable[Any] | None = Non
                     if adapts:
                         groups = _adapted_groups(pipeline, split, protocol, "rec", results)
                     else:
-                        groups = [_Group(protocol.rec_samples(pipeline.samples.get(split, [])))]
+                        groups = [_Group(spread(protocol.rec_samples(pipeline.samples.get(split, [])),
+                                                getattr(ev, "max_rec_samples", 0)))]
                     results.rankings[pid] = _rec_metrics(pipeline, groups, protocol, rec_metrics, ev.batch_size,
                                                          progress)
                     counts["rec"] = len(results.rankings[pid])
@@ -344,6 +345,14 @@ def _group_batches(pipeline: Any, groups: list[_Group], batch_size: int) -> Iter
 
 
 # ------------------------------------------------------------ recommendation
+def spread(samples: list, limit: int) -> list:
+    """At most `limit` of `samples` (all when `limit` <= 0), evenly spaced over the list and in its order, so a
+    capped evaluation still covers the whole split (``evaluation.max_rec_samples``)."""
+    if limit <= 0 or len(samples) <= limit:
+        return list(samples)
+    return [samples[(i * len(samples)) // limit] for i in range(limit)]
+
+
 def _rec_metrics(pipeline: Any, groups: list[_Group], protocol: Any, metrics: list[Any], batch_size: int,
                  progress: bool) -> list[dict[str, Any]]:
     """Feed ``metrics`` with the protocol's masked scores; returns one ranking record per scored sample."""
