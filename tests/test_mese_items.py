@@ -236,3 +236,23 @@ def test_a_missing_model_package_names_the_key_and_the_install_command():
     with pytest.raises(ConfigError) as err:
         _encoder(source="package:no_such_model_package_xyz")
     assert "model.item_encoder.source" in str(err.value) and MODELS_INSTALL in str(err.value)
+
+
+def test_items_without_a_record_take_people_and_genre_from_the_dbpedia_graph(tmp_path):
+    film, other = "<http://dbpedia.org/resource/Knives_Out>", "<http://dbpedia.org/resource/Nothing>"
+    entities = {film: 0, other: 1, "<http://dbpedia.org/resource/Chris_Evans_(actor)>": 2,
+                "<http://dbpedia.org/resource/Rian_Johnson>": 3, "<http://dbpedia.org/resource/Mystery_film>": 4,
+                "<http://dbpedia.org/resource/Lionsgate_Films>": 5}
+    relations = {"<http://dbpedia.org/ontology/starring>": 0, "<http://dbpedia.org/ontology/director>": 10,
+                 "<http://dbpedia.org/ontology/genre>": 8, "<http://dbpedia.org/ontology/distributor>": 6}
+    edges = {"0": [[12, 0], [6, 5], [10, 3], [0, 2], [8, 4]], "1": [[6, 5]]}
+    for name, value in (("dbpedia_subkg.json", edges), ("entity2id.json", entities),
+                        ("relation2id.json", relations)):
+        (tmp_path / name).write_text(json.dumps(value))
+    corpus = _corpus({film: Item(film, "Knives Out", entity=film), other: Item(other, "Nothing", entity=other)})
+    texts = _source(dbpedia=str(tmp_path)).load(corpus).texts
+    assert texts[film] == ["knives out [SEP] Chris Evans [SEP] Rian Johnson [SEP] Mystery film [SEP]"]
+    assert texts[other] == ["nothing"]  # only a distributor: nothing MESE's string has a place for
+    assert corpus.report["mese_metadata"] == {"items": 2, "with_metadata": 1, "title_only": 1, "from_dbpedia": 1}
+    with pytest.raises(ConfigError, match="lacks dbpedia_subkg.json"):
+        _source(dbpedia=str(tmp_path / "nowhere")).load(corpus)

@@ -19,7 +19,10 @@ Where the record comes from:
 - ``path: <id2info.json(.gz)>``: that file, by item id, else by normalised title (lower case,
   punctuation and spaces folded): the title and year a DBpedia URI such as ``Heat_(1995_film)`` names,
   then the item's name with its year, then without a year when only one record has that title.
-  INSPIRED names its movies by title, so this is how it gets ReDial's metadata.
+  INSPIRED names its movies by title, so this is how it gets ReDial's metadata;
+- ``dbpedia: <UniCRS DBpedia folder>``: items still without a record but with a node in that graph take
+  stars, director and genre from its ``starring``, ``director`` and ``genre`` edges (graph order; there is no
+  plot), counted as ``mese_metadata.from_dbpedia``.
 """
 from __future__ import annotations
 
@@ -82,6 +85,9 @@ class MeseMetadata(KnowledgeSource):
         path: Optional[str] = None  # null: Item.meta; else an id2info.json(.gz) matched by id, then by title
         fields: list[str] = field(default_factory=lambda: list(FIELDS))
         max_people: int = 3  # names kept of star / director lists (official: top 3 actors)
+        # a UniCRS DBpedia folder (dbpedia_subkg.json, entity2id.json, relation2id.json): items with no record
+        # but a node there get stars, director and genre from its starring / director / genre edges
+        dbpedia: Optional[str] = None
 
     def load(self, corpus: Any) -> ItemTexts:
         cfg = self.config
@@ -90,6 +96,11 @@ class MeseMetadata(KnowledgeSource):
         if not cfg.fields:
             raise ConfigError(f"{self.path}.fields", "no field chosen", f"use some of: {', '.join(FIELDS)}")
         records = self._records(corpus)
+        from_graph = 0
+        if cfg.dbpedia is not None:
+            graph = self._graph_records(corpus, records)
+            records.update(graph)
+            from_graph = len(graph)
         texts, title_only = {}, 0
         for item_id, item in corpus.items.items():
             record = records.get(item_id)
@@ -100,6 +111,8 @@ class MeseMetadata(KnowledgeSource):
                 title_only += 1
         corpus.report["mese_metadata"] = {"items": len(corpus.items), "with_metadata": len(texts) - title_only,
                                           "title_only": title_only}
+        if cfg.dbpedia is not None:
+            corpus.report["mese_metadata"]["from_dbpedia"] = from_graph
         return ItemTexts(kind="metadata", texts=texts, label=f"MESE item metadata: {', '.join(cfg.fields)}")
 
     def texts_of(self, items: list[Any]) -> dict[str, list[str]]:
@@ -138,6 +151,45 @@ class MeseMetadata(KnowledgeSource):
             if key is not None:
                 records[item_id] = info[key]
         return records
+
+
+    def _graph_records(self, corpus: Any, records: dict[str, dict]) -> dict[str, dict]:
+        """Records ``{star, director, genre}`` read off the DBpedia graph for items `records` lacks."""
+        folder = Path(str(self.config.dbpedia)).expanduser()
+        files = [folder / name for name in ("dbpedia_subkg.json", "entity2id.json", "relation2id.json")]
+        missing = [f.name for f in files if not f.is_file()]
+        if missing:
+            raise ConfigError(f"{self.path}.dbpedia", f"{folder} lacks {', '.join(missing)}",
+                              "point it at a UniCRS DBpedia folder (e.g. ../shared/data/inspired/unicrs_dbpedia), "
+                              "or set it to null")
+        edges, entity_ids, relation_ids = (read_json(f) for f in files)
+        if not all(isinstance(x, dict) for x in (edges, entity_ids, relation_ids)):
+            raise DataError(str(folder), "expected JSON objects (node id -> [[relation, node], ...], entity -> id, "
+                                         "relation -> id)", "use the UniCRS DBpedia release files")
+        names = {v: k for k, v in entity_ids.items()}
+        wanted = {relation_ids.get(f"<http://dbpedia.org/ontology/{name}>"): field_name
+                  for name, field_name in (("starring", "star"), ("director", "director"), ("genre", "genre"))}
+        wanted.pop(None, None)
+        found = {}
+        for item_id, item in corpus.items.items():
+            node = entity_ids.get(item.entity or item_id)
+            if item_id in records or node is None:
+                continue
+            record: dict[str, list[str]] = {}
+            for pair in edges.get(str(node), ()):
+                if isinstance(pair, (list, tuple)) and len(pair) == 2 and pair[0] in wanted:
+                    label = uri_label(names.get(pair[1], ""))
+                    if label:
+                        record.setdefault(wanted[pair[0]], []).append(label)
+            if record:
+                found[item_id] = record
+        return found
+
+
+def uri_label(uri: str) -> str:
+    """``<http://dbpedia.org/resource/Chris_Evans_(actor)>`` -> ``"Chris Evans"`` (the qualifier dropped)."""
+    name = str(uri).rstrip(">").rsplit("/", 1)[-1].replace("_", " ")
+    return re.sub(r"\s*\([^)]*\)$", "", name).strip()
 
 
 def uri_title(uri: str) -> str:
