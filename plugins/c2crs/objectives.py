@@ -161,6 +161,17 @@ class FineContrastiveObjective(FusionObjective):
     def output_ports(self) -> dict[str, Port]:
         return {"loss": Port("loss.fine", doc="mean masked InfoNCE over the view pairs")}
 
+    @classmethod
+    def contract_inputs(cls, deps: BuildDeps, batch: dict) -> dict[str, Any]:
+        """What the default views' upstream slots write, for the component contract (crs.testing): the
+        context encoder's mentions and the review encoder's units, as the batch's context entities/items."""
+        nodes, mask = batch["batch.context_entities"], batch["batch.context_entities_mask"]
+        items, items_mask = batch["batch.context_items"], batch["batch.context_items_mask"]
+        item_nodes = torch.as_tensor(deps.items.entity_nodes)[items] * items_mask
+        return {"mention_states": torch.randn(*nodes.shape, 300), "mention_nodes": nodes, "mention_mask": mask,
+                "review_states": torch.randn(*items.shape, 300), "review_nodes": item_nodes,
+                "review_mask": items_mask}
+
     def units(self, name: str, inputs: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(projected vectors, entity ids, sample ids) of view `name`."""
         if name in self.config.tables:
