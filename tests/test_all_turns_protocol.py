@@ -5,10 +5,12 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import pickle
 import re
 from pathlib import Path
 
 import pytest
+import torch
 
 from crs import cli
 from crs.config.spec import SamplesSpec
@@ -17,7 +19,7 @@ from crs.errors import ConfigError
 from crs.interfaces import BuildDeps
 from crs.knowledge import ENTITY, IndexedGraph, KnowledgeGraph
 from crs.plugins.datasets.redial import RedialDataset
-from crs.plugins.metrics.protocols import AllTurnsProtocol, CRSLabProtocol, ProtocolConfig
+from crs.plugins.metrics.protocols import AllTurnsProtocol, CRSLabProtocol
 
 REPO = Path(__file__).resolve().parents[1]
 BOTH = ["seeker", "recommender"]
@@ -69,6 +71,7 @@ MESSAGES = [  # (sender, text); consecutive messages of one sender form one turn
     (REC_ID, "then @300 and @100"),  # a recommender turn naming movies already mentioned
 ]
 MOVIES = {"100": "Alpha (1990)", "200": "Beta (1991)", "201": "Gamma (1992)", "300": "Delta (1993)"}
+UNLINKED = {"201"}  # a movie the KG lacks (KGSF's id2entity: None): the C2-CRS loader never scores it
 
 
 def _official_pairs(messages, movies, roles=("Seeker", "Recommender")) -> list[tuple[int, str]]:
@@ -107,23 +110,26 @@ def redial_corpus(tmp_path_factory):
             out.write(json.dumps(conversation) + "\n")
     (root / "movies.csv").write_text("movieId,movieName,nbMentions\n" +
                                      "".join(f"{k},{v},1\n" for k, v in MOVIES.items()))
-    config = RedialDataset.Config(root=str(root), train="train.jsonl.gz", test="test.jsonl.gz", movie_linking=None,
-                                  movies_csv="movies.csv", metadata=None)
+    (root / "link.pkl").write_bytes(pickle.dumps({int(k): None if k in UNLINKED else f"<dbpedia:{v}>"
+                                                  for k, v in MOVIES.items()}))
+    config = RedialDataset.Config(root=str(root), train="train.jsonl.gz", test="test.jsonl.gz",
+                                  movie_linking="link.pkl", movies_csv="movies.csv", metadata=None)
     return RedialDataset(config, BuildDeps(path="data")).load()
 
 
-def _samples(corpus, roles):
-    empty = KnowledgeGraph(ENTITY, [], [], [], [], [])
-    graph = IndexedGraph.from_graph("items", empty, extra_nodes=prepare.item_entity_names(corpus))
+def _samples(corpus, roles, with_graph=False):
+    kg = KnowledgeGraph(ENTITY, [f"<dbpedia:{v}>" for k, v in MOVIES.items() if k not in UNLINKED], [], [], [], [])
+    graph = IndexedGraph.from_graph("entity_kg", kg, extra_nodes=prepare.item_entity_names(corpus))
     items = prepare.build_item_index(corpus, graph)
     vocab = prepare.build_vocab(corpus, 1, items)
     samples = build.build_samples(corpus.split("test"), vocab=vocab, items=items, entity_graph=graph,
                                   word_graph=None, users={}, spec=SamplesSpec(roles=roles))
-    return samples, items
+    return (samples, items, graph) if with_graph else (samples, items)
 
 
-def _scored(protocol_cls, samples, items) -> list[tuple[int, str]]:
-    protocol = protocol_cls(ProtocolConfig(), BuildDeps(path="evaluation.protocols.0"))
+def _scored(protocol_cls, samples, items, config=None, graphs=None) -> list[tuple[int, str]]:
+    deps = BuildDeps(path="evaluation.protocols.0", items=items, graphs=graphs or {})
+    protocol = protocol_cls(config or protocol_cls.Config(), deps)
     return [(s.turn_index, items.ids[s.target_item]) for s in protocol.rec_samples(samples)]
 
 
@@ -132,6 +138,22 @@ def test_all_turns_scores_exactly_the_turns_the_c2crs_loader_makes_samples_of(re
     expected = _official_pairs(MESSAGES, MOVIES)
     assert expected == [(1, "200"), (1, "201"), (2, "201"), (4, "300"), (5, "300"), (5, "100")]  # both roles
     assert _scored(AllTurnsProtocol, samples, items) == expected
+
+
+def test_all_turns_linked_scores_what_the_loader_scores_on_its_kg(redial_corpus):
+    samples, items, graph = _samples(redial_corpus, BOTH, with_graph=True)
+    linked = {k: v for k, v in MOVIES.items() if k not in UNLINKED}  # `if movie in self.entity2id`
+    expected = _official_pairs(MESSAGES, linked)
+    assert expected == [(1, "200"), (4, "300"), (5, "300"), (5, "100")]
+    config = AllTurnsProtocol.Config(items="linked")
+    assert _scored(AllTurnsProtocol, samples, items, config, {"entity_kg": graph}) == expected
+    protocol = AllTurnsProtocol(config, BuildDeps(path="p", items=items, graphs={"entity_kg": graph}))
+    assert protocol.id == "all-turns-linked-v1"
+    batch = {"batch.context_items": torch.zeros(2, 3, dtype=torch.long)}
+    mask = protocol.candidate_mask(batch, len(items))
+    assert mask.shape == (2, len(items)) and [items.ids[i] for i in range(len(items)) if not mask[0, i]] == ["201"]
+    with pytest.raises(ConfigError, match="evaluation.protocols.0.items"):
+        _scored(AllTurnsProtocol, samples, items, config, {})  # no entity graph
 
 
 def test_crslab_scores_the_recommender_turns_whatever_the_roles(redial_corpus):
@@ -165,7 +187,7 @@ def test_the_roles_check_names_the_protocol_and_the_fix():
         return SimpleNamespace(
             spec=spec, samples={"test": [SimpleNamespace(target_items=[1])]}, corpus=None,
             model=SimpleNamespace(has_recommender=True, has_generator=False),
-            build=lambda kind, node, path: classes[node["type"]](ProtocolConfig(), BuildDeps(path=path)))
+            build=lambda kind, node, path: classes[node["type"]](classes[node["type"]].Config(), BuildDeps(path=path)))
 
     with pytest.raises(ConfigError) as err:
         check_evaluable(pipeline(["recommender"]), "test")

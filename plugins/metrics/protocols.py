@@ -16,9 +16,10 @@ their figures keep their meaning.  They differ in exclusions:
   context, no role filter; CRSLab's KGSF loader keeps ``role == 'Recommender'``, which is
   crslab), so figures sit next to that paper's tables.  It needs ``samples.roles:
   [seeker, recommender]`` (a ConfigError before training otherwise).  As in crslab, the
-  candidates keep the items already mentioned.  Two differences from that loader remain:
-  it keeps only movies its KG links (ReDial: 6,112 of 6,924), where every item counts
-  here; and an item named twice in one turn gives it two samples, here one;
+  candidates keep the items already mentioned.  That loader keeps only movies its KG
+  links (ReDial: 6,112 of 6,924); ``items: linked`` (id ``all-turns-linked-v1``) does the
+  same for targets and candidates, ``items: all`` (the default) keeps every item.  One
+  difference remains: an item named twice in one turn gives it two samples there, one here;
 - ``fresh`` (id ``fresh-v1``): only recommended items not mentioned earlier, and
   mentioned items are removed from the candidates (score -inf);
 - ``cold_start`` (id ``cold-start-v1``): as crslab, restricted to turns whose
@@ -96,15 +97,59 @@ class CRSLabProtocol(_ItemProtocol):
     id = "crslab-v1"
 
 
+ItemSet = Literal["all", "linked"]
+
+
+@dataclass
+class AllTurnsConfig(ProtocolConfig):
+    # linked: only items the entity graph links (not "item:<id>" nodes) are targets and candidates, as in the C2-CRS
+    # loader, which drops movies its KG lacks; the id becomes all-turns-linked-v1
+    items: ItemSet = "all"
+
+
 class AllTurnsProtocol(_ItemProtocol):
-    """Every turn, of either speaker, that mentions an item: the C2-CRS / KGSF loaders' recommendation data.
+    """Every turn, of either speaker, that mentions an item: the C2-CRS loader's recommendation data.
 
     A seeker turn's targets are the items it mentions (``crs.data.build``), so the model
-    is also scored on predicting the movie a seeker is about to name.
+    is also scored on predicting the movie a seeker is about to name.  ``items: linked``
+    keeps the items the entity graph links, as targets and as candidates: exactly what
+    that loader scores (on ReDial, KGSF's linking leaves 812 of 6,924 movies out).
     """
 
     id = "all-turns-v1"
     roles = (SEEKER, RECOMMENDER)
+    Config = AllTurnsConfig
+
+    def __init__(self, config: AllTurnsConfig, deps: BuildDeps):
+        super().__init__(config, deps)
+        self.linked: torch.Tensor | None = None  # bool (n_items,) with items: linked
+        if config.items == "linked":
+            self.id = "all-turns-linked-v1"
+            self.linked = linked_items(deps, f"{deps.path}.items")
+
+    def keeps_target(self, sample: Sample, item: int) -> bool:
+        return self.linked is None or bool(self.linked[item])
+
+    def candidate_mask(self, batch: dict, n_items: int) -> torch.Tensor | None:
+        if self.linked is None:
+            return None
+        linked = self.linked[:n_items].to(batch["batch.context_items"].device)
+        return linked.unsqueeze(0).expand(batch["batch.context_items"].shape[0], n_items)
+
+
+def linked_items(deps: BuildDeps, key: str) -> torch.Tensor:
+    """bool (n_items,): True where the pipeline's entity graph links the item (its node is not "item:<id>")."""
+    from crs.data.prepare import UNLINKED_PREFIX
+    from crs.knowledge import ENTITY
+
+    items = deps.require("items")
+    graphs = [g for g in deps.graphs.values() if g.role == ENTITY]
+    if len(graphs) != 1:
+        raise ConfigError(key, f"'linked' needs the one entity graph that links items, and the pipeline has "
+                          f"{len(graphs)}", "use items: all, or keep one entity graph under `knowledge:`")
+    names = graphs[0].nodes
+    return torch.tensor([0 < node < len(names) and not names[node].startswith(UNLINKED_PREFIX)
+                         for node in items.entity_nodes.tolist()], dtype=torch.bool)
 
 
 class FreshProtocol(_ItemProtocol):
