@@ -19,6 +19,8 @@ Type ``mese`` (recommender, slot ``recommender``); paper §3.4, official ``MESE_
   never in training; one rank pass (``rank_chunk`` candidates per block) scores them.
   ``scores`` (B, n_items) holds the rank logits on those K and -inf elsewhere, so R@k is
   "retrieved and ranked within k", as in the paper, and R@K is the retrieval hit rate.
+  The losses are given in evaluation too (validation reports them), over negatives in a
+  fixed order when the encoder drew none.
 
 Targets: ``batch.target_item`` where set (rec samples, one per row), else every item of
 ``batch.target_items`` (conversation samples: one (row, target) pair each).  Negatives are
@@ -151,10 +153,11 @@ class MeseRecommender(Recommender):
             item_index = torch.arange(keys.shape[0], device=keys.device)
         q = self.query(inputs["rec_query"])
         if self.training:
-            out = {"scores": self._select_scores(q, keys, item_index)}
-            out.update(self._losses(inputs, q, keys, item_index))
-            return out
-        return {"scores": self._eval_scores(inputs, q, keys, item_index)}
+            scores = self._select_scores(q, keys, item_index)
+        else:
+            scores = self._eval_scores(inputs, q, keys, item_index)
+        # losses in evaluation too: validation reports them (one extra rank block of 1 + rank_negatives)
+        return {"scores": scores, **self._losses(inputs, q, keys, item_index)}
 
     def _select_scores(self, q: torch.Tensor, keys: torch.Tensor, item_index: torch.Tensor) -> torch.Tensor:
         """Training-time scores: q . k on the encoded items, the dtype's (finite) minimum elsewhere."""
@@ -206,10 +209,14 @@ class MeseRecommender(Recommender):
 
     @staticmethod
     def _negative_rows(inputs: dict[str, Any], item_index: torch.Tensor, positive_rows: set[int]) -> torch.Tensor:
+        """Rows of the negatives: the encoder's drawn ones; without any (evaluation encodes every item and draws
+        none), the other encoded items in an order fixed by a private seed, so validation losses are repeatable
+        and the global RNG (which training draws from) is not touched."""
         flags = inputs.get("item_negatives")
-        if flags is not None:
+        if flags is not None and bool(flags.any()):
             return torch.nonzero(flags.bool().to(item_index.device), as_tuple=False).squeeze(1)
-        rows = [r for r in range(len(item_index)) if r not in positive_rows]
+        order = torch.randperm(len(item_index), generator=torch.Generator().manual_seed(0))
+        rows = [r for r in order.tolist() if r not in positive_rows]
         return torch.tensor(rows, dtype=torch.long, device=item_index.device)
 
     # ----------------------------------------------------------------- evaluation
