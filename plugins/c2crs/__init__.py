@@ -35,5 +35,4 @@ def crs_register_fusion_objectives(register):
 
 @hookimpl
 def crs_register_generators(register):
-    # --- c2crs_decoder (engineer B): register("c2crs_decoder", f"{_PKG}.decoder:...") goes here ---
-    pass
+    register("c2crs_decoder", f"{_PKG}.decoder:C2CRSDecoder")  # context/entity/review attention, Eq. 10-12
