@@ -90,15 +90,20 @@ def test_cuda_on_a_cpu_only_torch_is_the_one_process_error_under_torchrun_too(mo
 
 # ---------------------------------------------------------------- torchrun (slow)
 # KGSF without its generator: MIM pretraining, then the rec stage with early stopping on valid recall@10
-# (patience 1, so a stop may happen and every rank must take it).  Global batch 16 over 215 rec samples:
-# 14 steps per epoch, the last of 7 samples split 4/3 between the two ranks.
+# (patience 1, so a stop may happen and every rank must take it).  Global batch 9 over 215 rec samples:
+# 24 steps per epoch, each split 5/4 between the two ranks (the last, of 8, 4/4), so the loss scaling that
+# makes DDP's gradient average the global batch's mean matters at every step (unscaled, the curves part).
 ARGS = ["preset=kgsf", "data=demo", "seed=7", "threads=1", "evaluation.generate=false", "~stages.2",
-        "~model.generator", "samples.max_train_conversations=60", "stages.0.epochs=1", "stages.0.batch_size=16",
-        "stages.1.epochs=3", "stages.1.batch_size=16", "stages.1.early_stopping.patience=1", "--no-progress"]
+        "~model.generator", "samples.max_train_conversations=60", "stages.0.epochs=1", "stages.0.batch_size=9",
+        "stages.1.epochs=3", "stages.1.batch_size=9", "stages.1.early_stopping.patience=1", "--no-progress"]
 # Losses: each rank averages its shard and the all-reduce adds the shards' weighted means (float64 on the wire,
 # float32 gradients summed in another order), so the curves agree with one process to float rounding only,
-# about 1e-7 relative per step; 1e-5 leaves room for that to compound over the 43 steps.
+# about 1e-7 relative per step; 1e-5 leaves room for that to compound over the 96 steps.
 LOSS_RTOL = 1e-5
+# The kill-and-resume part adds dropout, so that it also checks that every rank continues its own random
+# stream (rank 1 restarted from rank 0's stream would draw other masks and end elsewhere).  The comparison
+# with one process runs without it: 2 ranks draw their masks from 2 streams, one process from one.
+DROPOUT = ["model.word_encoder.dropout=0.3"]
 
 
 def _env() -> dict[str, str]:
@@ -186,7 +191,8 @@ def test_two_gloo_processes_match_one_process_write_once_and_resume_after_a_kill
     assert len(epoch_keys) == len(set(epoch_keys))  # no epoch logged twice
 
     # kill both workers inside the rec stage, after its first epoch was checkpointed; resume with torchrun
-    run = _torchrun(killed_dir)
+    reference = _torchrun(tmp_path / "ddp-dropout", *DROPOUT)  # the same, uninterrupted, beside it
+    run = _torchrun(killed_dir, *DROPOUT)
     metrics = killed_dir / "metrics.jsonl"
     deadline = time.time() + 600
     while time.time() < deadline and run.poll() is None:
@@ -207,7 +213,10 @@ def test_two_gloo_processes_match_one_process_write_once_and_resume_after_a_kill
     checkpoint_stage = _json(killed_dir / "history.json")
     assert "rec" in checkpoint_stage  # killed inside the rec stage, not before it
 
-    _finish(_torchrun(killed_dir, "--resume"))
-    assert (killed_dir / "history.json").read_text() == (ddp / "history.json").read_text()
-    assert _json(killed_dir / "report.json")["metrics"] == report_ddp["metrics"]
-    assert (killed_dir / "metrics.jsonl").read_text() == (ddp / "metrics.jsonl").read_text()
+    _finish(reference)
+    _finish(_torchrun(killed_dir, "--resume", *DROPOUT))
+    whole = tmp_path / "ddp-dropout"
+    assert (killed_dir / "history.json").read_text() == (whole / "history.json").read_text()
+    assert _json(killed_dir / "report.json")["metrics"] == _json(whole / "report.json")["metrics"]
+    assert (killed_dir / "metrics.jsonl").read_text() == (whole / "metrics.jsonl").read_text()
+    assert (whole / "history.json").read_text() != (ddp / "history.json").read_text()  # the dropout did draw
