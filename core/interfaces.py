@@ -111,7 +111,8 @@ class BuildDeps:
         if name not in self.item_texts:
             have = ", ".join(sorted(self.item_texts)) or "(no item texts in `knowledge:`)"
             raise ConfigError(f"{self.path}.{key}", f"no item-text source named '{name}'",
-                              f"name one of: {have}")
+                              f"name one of: {have}; or add `{name}` under `knowledge:` (the redial and inspired "
+                              "corpus bundles have reviews and metadata)")
         return self.item_texts[name]
 
     def shared_module(self, name: str, key: str, base: type | None = None) -> Any:

@@ -120,6 +120,7 @@ def test_a_missing_source_names_the_key_and_the_fix():
     with pytest.raises(ConfigError) as err:
         deps.texts("reviews", key="sources.0")
     assert "model.review_encoder.sources.0" in str(err.value) and "fix: name one of: metadata" in str(err.value)
+    assert "add `reviews` under `knowledge:`" in str(err.value)
     with pytest.raises(ConfigError) as err:
         prepare.item_text_sources(["metadata", "reveiws"], TEXTS, "samples.vocab_item_texts")
     message = str(err.value)
