@@ -204,3 +204,18 @@ def test_a_recommendation_only_pipeline_answers_with_its_ranked_list(tmp_path):
     counts = engine.pipeline.items.train_counts.tolist()
     top = engine.pipeline.items.ids.index(answer.recommendations[0].item_id)
     assert counts[top] == max(counts)  # the item recommended most often in train
+
+
+def test_item_names_of_function_words_only_are_not_matched_in_running_text():
+    """"Her (2013)" is found with its year, never as the pronoun; "Heat" is found with or without it."""
+    import torch
+
+    from crs.data.schema import SEEKER
+    from crs.interfaces import ItemIndex
+    from crs.serving.session import MentionFinder
+
+    names = ["Her (2013)", "Heat (1995)"]
+    items = ItemIndex(["m1", "m2"], names, torch.tensor([1, 2]), torch.zeros(2))
+    finder = MentionFinder(items, names, entity_graph=None, linker=None)
+    turn = finder.turn(0, SEEKER, "I gave her Heat and she loved Her (2013)")
+    assert [(m.id, m.text) for m in turn.items] == [("m2", "Heat"), ("m1", "Her (2013)")]

@@ -44,6 +44,7 @@ import unicodedata
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
+from ..data.build import STOPWORDS
 from ..data.schema import RECOMMENDER, SEEKER, Mention, Turn
 from ..data.vocab import detokenize, tokenize, tokenize_spans
 from ..errors import CRSError
@@ -126,7 +127,8 @@ class MentionFinder:
         for index, name in enumerate(item_names):
             for form in dict.fromkeys((name, _YEAR.sub("", name))):
                 tokens = tuple(tokenize(form))
-                if len(form) >= _MIN_NAME_CHARS and any(t.isalnum() for t in tokens):
+                # a name made of function words only ("Her", "Up") would match everyday words
+                if len(form) >= _MIN_NAME_CHARS and any(t.isalnum() and t not in STOPWORDS for t in tokens):
                     self.names.setdefault(tokens, index)
         self.longest = max((len(k) for k in self.names), default=0)
 
