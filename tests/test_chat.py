@@ -136,6 +136,7 @@ def test_piped_chat_prints_a_transcript(engine):
     assert "(new conversation)" in text and lines[-1] == "bye" and "never read" not in text
 
 
+@pytest.mark.slow  # loads the run again through the command: about 5 s
 def test_crs_chat_command_with_a_script_on_stdin(run_dir, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(sys, "stdin", io.StringIO("hello, anything with horror?\n/quit\n"))
     assert cli.main(["chat", str(run_dir), "--recs", "2"]) == 0
@@ -182,6 +183,7 @@ def test_chat_in_a_pseudo_terminal(run_dir):
     assert child.exitstatus == 0, transcript
 
 
+@pytest.mark.slow  # builds and loads a popularity run: about 10 s
 def test_a_recommendation_only_pipeline_answers_with_its_ranked_list(tmp_path):
     """No generator (popularity): no reply, no recommender turn added; the list is the answer."""
     from test_serve import TINY_KGSF
