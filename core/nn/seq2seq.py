@@ -122,7 +122,8 @@ class TransformerGenerator(Generator):
             # added in vocab_logits so that the loss and decoding both see it
             "vocab_bias": Port("vocab_bias", self.vocab_size, optional=True, doc="bias over the vocabulary (B, V)"),
             **({"context_states": Port("context_states", self.config.dim, doc="another slot's encoder states"),
-                "context_states_mask": Port("context_states_mask", doc="their mask (B, L), True = real")}
+                "context_states_mask": Port("context_states_mask", optional=True,
+                                            doc="their mask (B, L), True = real; absent: all real")}
                if self.config.context_states else {}),
         }
 

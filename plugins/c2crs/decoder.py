@@ -108,6 +108,12 @@ class C2CRSDecoder(TransformerGenerator):
         # data, not parameters: rebuilt from the vocabulary, never read from a checkpoint
         self.register_buffer("token_weights", instance_weights(counts, config.beta, config.gamma), persistent=False)
 
+    @classmethod
+    def contract_inputs(cls, deps: BuildDeps, batch: dict) -> dict[str, Any]:
+        """For crs.testing's component contract: context states (B, L, 300) as the context encoder writes them."""
+        tokens = batch["batch.context_tokens"]
+        return {"context_states": torch.randn(*tokens.shape, cls.Config.dim), "context_states_mask": tokens != 0}
+
     # ----------------------------------------------------------------- ports
     def input_ports(self) -> dict[str, Port]:
         ports = super().input_ports()
