@@ -275,6 +275,11 @@ def _items(args: argparse.Namespace) -> int:
         raise
     print(f"added {len(new)} items to {run_dir}: the catalogue now has {len(pipeline.items)} items "
           f"({len(before) + len(new)} added since training, in {target})")
+    nodeless = int((pipeline.items.entity_nodes[-len(new):] == 0).sum())
+    if nodeless:  # a model that knows items only as graph nodes sees these as the padding node
+        print(f"note: {nodeless} of them name no node of the entity graph, so a model that represents items by "
+              "their graph nodes alone (KGSF, KBRD) cannot tell them apart; MESE embeds them from their metadata",
+              file=sys.stderr)
     return 0
 
 

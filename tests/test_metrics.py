@@ -207,7 +207,7 @@ def test_plugin_registers_every_metric_and_protocol_lazily():
     pm.register(metrics_plugin)
     seen: dict[str, str] = {}
     pm.hook.crs_register_metrics(register=seen.__setitem__)
-    assert set(seen) == {"recall", "mrr", "ndcg", "dist", "bleu", "f1", "item_ratio", "ppl"}
+    assert set(seen) == {"recall", "mrr", "ndcg", "dist", "bleu", "f1", "item_ratio", "rer", "ppl"}
     tasks = {}
     for name, ref in seen.items():
         module, cls_name = ref.split(":")

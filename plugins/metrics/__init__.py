@@ -2,7 +2,7 @@
 
 Registered lazily by ``module:Class`` so that loading this plugin imports no torch.
 Metrics: ``recall``, ``mrr``, ``ndcg`` (task rec), ``dist``, ``bleu``, ``f1``,
-``item_ratio`` (task gen), ``ppl`` (task nll).  Protocols: ``crslab``, ``all_turns``, ``fresh``,
+``item_ratio``, ``rer`` (task gen), ``ppl`` (task nll).  Protocols: ``crslab``, ``all_turns``, ``fresh``,
 ``cold_start``, ``user_adapt`` (see :mod:`crs.plugins.metrics.protocols`).
 """
 from crs.hookspecs import hookimpl
