@@ -209,7 +209,7 @@ def test_a_recommendation_only_pipeline_answers_with_its_ranked_list(tmp_path):
 
 
 def test_item_names_of_function_words_only_are_not_matched_in_running_text():
-    """"Her (2013)" is found with its year, never as the pronoun; "Heat" is found with or without it."""
+    """"Her (2013)" is found with its year, never as the pronoun; "Heat" with its year, or capitalised."""
     import torch
 
     from crs.data.schema import SEEKER
@@ -221,3 +221,6 @@ def test_item_names_of_function_words_only_are_not_matched_in_running_text():
     finder = MentionFinder(items, names, entity_graph=None, linker=None)
     turn = finder.turn(0, SEEKER, "I gave her Heat and she loved Her (2013)")
     assert [(m.id, m.text) for m in turn.items] == [("m2", "Heat"), ("m1", "Her (2013)")]
+    # a one-word name without its year only as written: "I loved the heat" names no movie
+    assert finder.turn(0, SEEKER, "I loved the heat").items == []
+    assert [m.id for m in finder.turn(0, SEEKER, "I loved the heat (1995)").items] == ["m2"]

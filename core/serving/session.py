@@ -8,12 +8,13 @@ placeholders, context limits, word and entity nodes), so the model sees what it 
 trained on.  Only the mention annotation differs: a corpus annotates the items and
 entities its turns name, typed text carries none, so :class:`MentionFinder` supplies them:
 
-- **items**: an item's name (with or without its trailing ``(year)``), or its placeholder
-  token typed as is (``@m0042``), becomes an item mention, hence a placeholder token;
+- **items**: an item's name (with or without its trailing ``(year)``; a one-word name without
+  its year only as written, capitalised), or its placeholder token typed as is (``@m0042``),
+  becomes an item mention, hence a placeholder token;
 - **entities**: the run's linker when its config has one (the corpus bundle's own, e.g.
   ReDial's ``phrase_matcher``; the sample builder also adds its nodes, as in training), or
   else a ``phrase_matcher`` fitted on the run's entity graph (``FALLBACK_LINKER``) when that
-  component is installed; a linked item node counts as an item mention.
+  component is installed; a linked item node stays an entity mention (as in training).
 
 One call of :meth:`ChatEngine.answer` runs the pipeline once for the scores, and the
 generator (when the pipeline has one) for a reply of at most ``reply_tokens`` tokens.
@@ -124,12 +125,17 @@ class MentionFinder:
         self.entity_graph = entity_graph
         self.item_of_node = {node: i for i, node in enumerate(items.entity_nodes.tolist()) if node > 0}
         self.names: dict[tuple[str, ...], int] = {}
+        # One-word names without their year ("Loved", "Heat") match only as written (capitalised): typed in
+        # lower case they are everyday words ("I loved it").
+        self.cased: dict[tuple[str, ...], str] = {}
         for index, name in enumerate(item_names):
             for form in dict.fromkeys((name, _YEAR.sub("", name))):
                 tokens = tuple(tokenize(form))
                 # a name made of function words only ("Her", "Up") would match everyday words
                 if len(form) >= _MIN_NAME_CHARS and any(t.isalnum() and t not in STOPWORDS for t in tokens):
                     self.names.setdefault(tokens, index)
+                    if len(tokens) == 1:
+                        self.cased.setdefault(tokens, form.strip())
         self.longest = max((len(k) for k in self.names), default=0)
 
     def turn(self, index: int, role: str, text: str) -> Turn:
@@ -151,7 +157,10 @@ class MentionFinder:
         k = 0
         while k < len(tokens):  # item names, greedy longest match
             for length in range(min(self.longest, len(tokens) - k), 0, -1):
-                i = self.names.get(tuple(tokens[k:k + length]), -1)
+                key = tuple(tokens[k:k + length])
+                i = self.names.get(key, -1)
+                if key in self.cased and text[spans[k][1]:spans[k][2]] != self.cased[key]:
+                    continue
                 if i >= 0 and not any(taken[k:k + length]):
                     add_item(i, k, k + length)
                     k += length - 1
@@ -163,9 +172,9 @@ class MentionFinder:
             for first, end, node in link_tokens(tokens):
                 if any(taken[first:end]):
                     continue
-                if node in self.item_of_node:
-                    add_item(self.item_of_node[node], first, end)
-                elif 0 < node < len(self.entity_graph.nodes):
+                # An item's node found by the linker stays an entity mention, as the run's linker made it in
+                # training; items are what their names or placeholders say (above).
+                if 0 < node < len(self.entity_graph.nodes):
                     entities.append(Mention(self.entity_graph.nodes[node], text[spans[first][1]:spans[end - 1][2]]))
         recommended = [m.id for m in items] if role == RECOMMENDER else []
         return Turn(index=index, role=role, text=text, items=items, entities=entities,
