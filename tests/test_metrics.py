@@ -218,4 +218,4 @@ def test_plugin_registers_every_metric_and_protocol_lazily():
     assert tasks["recall"] == "rec" and tasks["bleu"] == "gen" and tasks["ppl"] == "nll"
     protocols: dict[str, str] = {}
     pm.hook.crs_register_evaluation_protocols(register=protocols.__setitem__)
-    assert set(protocols) == {"crslab", "fresh", "cold_start", "user_adapt"}
+    assert set(protocols) == {"crslab", "all_turns", "fresh", "cold_start", "user_adapt"}
