@@ -272,9 +272,12 @@ def test_early_stopping_on_the_sum_of_two_metrics(tmp_path: Path, monkeypatch) -
     best = torch.load(tmp_path / "run" / "best.pt", weights_only=True)
     assert best["epoch"] == 2 and best["metric"] == "rec.recall@10+rec.recall@50"
     assert best["value"] == pytest.approx(0.9)
-    valid_lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
-                   if '"valid"' in line]
+    lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    valid_lines = [line for line in lines if line["split"] == "valid" and line["scope"] == "epoch"]
     assert [line["rec.recall@10+rec.recall@50"] for line in valid_lines] == pytest.approx([0.6, 0.9, 0.7, 0.2])
+    # and the epoch restored at the end, by the sum (crs.plots marks it)
+    assert [(line["epoch"], line["rec.recall@10+rec.recall@50"]) for line in lines
+            if line["scope"] == "restored"] == [(2, pytest.approx(0.9))]
     reference = ToyPipeline([make_stage(epochs=2)])
     Trainer(reference, tmp_path / "two_epochs", progress=False).fit()
     assert same_parameters(parameters_of(pipeline.model), parameters_of(reference.model))
