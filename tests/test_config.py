@@ -339,3 +339,18 @@ def test_misspelt_slot_in_an_override_suggests_the_existing_slot(workdir, fake_r
     err = _load_error(path, ["model.recomender.dim=3"], registry=fake_registry)
     assert "there is no model slot 'recomender'. Did you mean 'recommender'?" in str(err)
     assert "a new slot needs `type: NAME`" in str(err)
+
+
+@pytest.mark.parametrize("slot", ["items", "keys", "update"])
+def test_a_slot_named_like_a_module_dict_method_is_a_config_error(slot, tmp_path):
+    # an nn.ModuleDict cannot hold these keys: torch raised a KeyError traceback after the data had loaded
+    from crs.pipeline import build_pipeline
+    from crs.plugin_manager import get_plugin_manager
+    from crs.registry import Registry
+
+    registry = Registry.from_plugin_manager(get_plugin_manager())
+    spec, resolved = load_config(None, ["preset=popularity", "data=demo", "data.n_train=20", "data.n_valid=5",
+                                        "data.n_test=5", f"run_dir={tmp_path}", f"model.{slot}.type=popularity",
+                                        "~model.recommender"], registry=registry)
+    with pytest.raises(ConfigError, match=f"(?s)model.{slot}.*reserved.*rename it"):
+        build_pipeline(spec, registry, resolved)

@@ -140,6 +140,20 @@ def dialogue_samples(samples: list) -> list:
     return out
 
 
+def check_slot_names(nodes: dict[str, Any], section: str) -> None:
+    """Slots and shared modules live in an ``nn.ModuleDict``, which cannot hold a key named like one of its
+    methods (``items``, ``keys``, ``values``, ``update``...) or containing a dot: refused with the key before
+    any data loads, not a KeyError from torch once the model is assembled."""
+    from torch import nn
+
+    for name in nodes:
+        if hasattr(nn.ModuleDict, name) or "." in name or not name:
+            raise ConfigError(f"{section}.{name}", f"'{name}' cannot name a {section} slot: the pipeline keeps "
+                              f"its {section} modules in a torch ModuleDict, where it is reserved",
+                              f"rename it, e.g. {section}.{name.replace('.', '_') or 'slot'}_encoder (and the "
+                              "stages' train: lists that name it)")
+
+
 def _model_deps(path: str, vocab: Vocabulary, items: ItemIndex, graphs: dict[str, IndexedGraph],
                 item_texts: dict[str, ItemTexts], users: dict[str, int]) -> BuildDeps:
     """What components built after the data is loaded receive (index 0 of users = unknown user)."""
@@ -191,6 +205,8 @@ def build_pipeline(spec: PipelineSpec, registry: Any, resolved: dict, extra_item
     from ..training.precision import resolve_device
 
     resolve_device(spec.device)  # before any data loads: a GPU that is not there is a config error, not a traceback
+    check_slot_names(spec.model, "model")
+    check_slot_names(spec.shared, "shared")
     prepare.item_text_sources(spec.samples.vocab_item_texts, spec.knowledge, "samples.vocab_item_texts")  # named?
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
