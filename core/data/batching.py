@@ -49,12 +49,12 @@ def collate(samples: Sequence[Sample], extra_fields: Sequence[Field] = ()) -> di
     return batch
 
 
-def iterate_batches(samples: Sequence[Sample], batch_size: int, *, shuffle: bool, seed: int,
-                    extra_fields: Sequence[Field] = ()) -> Iterator[dict]:
-    """Collated batches of `batch_size` (the last may be smaller).
+def batch_chunks(samples: Sequence[Sample], batch_size: int, *, shuffle: bool, seed: int) -> Iterator[list]:
+    """The samples of each batch of `batch_size` (the last may be smaller), in batch order.
 
     Shuffling uses its own `random.Random(seed)` on a copy, so the caller's list and the
-    global RNG are untouched and the same seed gives the same order.
+    global RNG are untouched and the same seed gives the same order (one process, or the
+    global batches that DDP ranks shard: crs.training.distributed.shard_batches).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -62,4 +62,11 @@ def iterate_batches(samples: Sequence[Sample], batch_size: int, *, shuffle: bool
     if shuffle:
         random.Random(seed).shuffle(order)
     for start in range(0, len(order), batch_size):
-        yield collate(order[start:start + batch_size], extra_fields)
+        yield order[start:start + batch_size]
+
+
+def iterate_batches(samples: Sequence[Sample], batch_size: int, *, shuffle: bool, seed: int,
+                    extra_fields: Sequence[Field] = ()) -> Iterator[dict]:
+    """Collated batches of :func:`batch_chunks`."""
+    for chunk in batch_chunks(samples, batch_size, shuffle=shuffle, seed=seed):
+        yield collate(chunk, extra_fields)

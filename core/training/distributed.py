@@ -53,7 +53,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import random
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Iterator, Sequence
@@ -201,18 +200,13 @@ def shard_batches(samples: Sequence[Any], batch_size: int, *, shuffle: bool, see
                   world_size: int) -> Iterator[Shard]:
     """Rank `rank`'s shards of the global batches that one process would draw from `samples`.
 
-    The order is :func:`crs.data.batching.iterate_batches`' (its own ``random.Random(seed)``
-    shuffle of a copy); each global batch of `batch_size` is cut into `world_size` contiguous
-    parts whose sizes differ by at most one, the larger ones first.  Every rank yields one
-    shard per global batch, so all ranks take the same number of steps.
+    The global batches are one process's (:func:`crs.data.batching.batch_chunks`); each is cut
+    into `world_size` contiguous parts whose sizes differ by at most one, the larger ones first.
+    Every rank yields one shard per global batch, so all ranks take the same number of steps.
     """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    order = list(samples)
-    if shuffle:
-        random.Random(seed).shuffle(order)
-    for start in range(0, len(order), batch_size):
-        chunk = order[start:start + batch_size]
+    from ..data.batching import batch_chunks
+
+    for chunk in batch_chunks(samples, batch_size, shuffle=shuffle, seed=seed):
         base, extra = divmod(len(chunk), world_size)
         low = rank * base + min(rank, extra)
         mine = chunk[low:low + base + (rank < extra)]
