@@ -79,7 +79,8 @@ def test_tiny_models_overfit_one_dialogue():
 
 
 @pytest.mark.slow  # 10+ minutes on 2 busy cores
-@pytest.mark.xfail(strict=False, reason="not reached yet: with lr 3e-3 and the preset's warm-up, 3 epochs gave "
+# run=False: a known miss that cost 2.6 minutes of every suite run; run it by hand with --runxfail
+@pytest.mark.xfail(run=False, reason="not reached yet: with lr 3e-3 and the preset's warm-up, 3 epochs gave "
                    "R@10 0.110 against popularity's 0.145 (2026-12-01); lr 1e-2 constant did not learn in epoch 1. "
                    "The tiny random encoders learn items from text slowly; the schedule is still to be tuned")
 def test_tiny_mese_beats_popularity_on_the_demo_corpus(tmp_path):
