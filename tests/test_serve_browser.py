@@ -2,7 +2,8 @@
 
 It loads the page, sends two turns, sees the replies and the recommendation cards and the /why
 panel, checks that markup typed by the user shows as text, and saves a screenshot
-(``CRS_SCREENSHOT=path`` chooses where; default: the test's tmp folder).
+(``CRS_SCREENSHOT=path`` chooses where; default: the test's tmp folder).  It serves a tiny KGSF run
+trained for the tests, or ``CRS_SERVE_RUN=RUN_DIR`` (a finished KGSF demo run: the README's screenshot).
 
 Without the browser or Selenium the test skips, except in CI (``CI=1``), where it fails:
 ``.ci/run`` (scripts/test.sh) installs both when they are absent.
@@ -57,9 +58,12 @@ def browser(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
+    from crs.serving.chat import load_engine
     from crs.serving.server import create_app
 
-    with LiveServer(create_app(tiny_kgsf_engine(tmp_path_factory))) as live:
+    run_dir = os.environ.get("CRS_SERVE_RUN")  # e.g. the README's demo run, for its screenshot
+    engine = load_engine(run_dir) if run_dir else tiny_kgsf_engine(tmp_path_factory)
+    with LiveServer(create_app(engine)) as live:
         yield live
 
 
