@@ -28,7 +28,7 @@ seed: 3
 knowledge:
   metadata: {type: mese_metadata}
 model:
-  item_encoder: {type: mese_item_encoder, source: "package:crs.plugins.mese.tiny", random_init: true,
+  item_encoder: {type: mese_item_encoder, source: "package:crs.tiny_models.encoder", random_init: true,
                  select_dim: 16, ite_dim: 8}
 """
 

@@ -1,6 +1,6 @@
 """MESE's item side: the metadata string (``mese_metadata``) and the item encoder (``mese_item_encoder``).
 
-The encoder runs on the tiny random BERT shipped in crs.plugins.mese.tiny (no model package needed).
+The encoder runs on the tiny random BERT shipped in crs.tiny_models.encoder (no model package needed).
 """
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import crs.plugins  # noqa: F401  (package:crs.plugins.mese.tiny resolves through the imported crs.plugins)
+import crs.plugins  # noqa: F401  (package:crs.tiny_models.encoder resolves through the imported crs.plugins)
 from crs.data.schema import Corpus, Item
 from crs.errors import ConfigError
 from crs.interfaces import BuildDeps, ItemIndex
@@ -19,7 +19,7 @@ from crs.plugins.mese.item_encoder import MODELS_INSTALL, MeseItemEncoder, draw_
 from crs.plugins.mese.metadata import MeseMetadata, metadata_text
 
 ID2INFO = Path(__file__).resolve().parents[2] / "shared/data/redial/ievalm_metadata_kg/id2info.json.gz"
-TINY = "package:crs.plugins.mese.tiny"
+TINY = "package:crs.tiny_models.encoder"
 # movie 100030 as the official preprocessing writes it: title lower-cased without its year, then the
 # first three stars, the director, the genres and the plot, separated by [SEP]
 OFFICIAL_100030 = ("friends with benefits [SEP] Mila Kunis, Justin Timberlake, Patricia Clarkson [SEP] Will Gluck "

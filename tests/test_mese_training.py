@@ -29,7 +29,7 @@ def _tiny_mese(deps):
     def build(cls, node, slot):
         return cls(from_dict(cls.Config, node, f"model.{slot}"), replace_path(deps, f"model.{slot}"))
 
-    items = build(MeseItemEncoder, {"source": "package:crs.plugins.mese.tiny", "random_init": True, "select_dim": 16,
+    items = build(MeseItemEncoder, {"source": "package:crs.tiny_models.encoder", "random_init": True, "select_dim": 16,
                                     "ite_dim": 32, "select_negatives": 2, "rank_negatives": 2, "max_tokens": 32},
                   "item_encoder")
     plm = build(MesePLM, dict(TINY_NODE), "plm")

@@ -115,12 +115,11 @@ def test_resolve_source_finds_package_folders_without_importing(tmp_path, monkey
 
 
 def test_the_shipped_tiny_description_resolves_through_mapped_package_folders():
-    import crs.plugins.plm  # noqa: F401  (crs.plugins lives in plugins/, not under crs's own folder)
-
-    folder = resolve_source("package:crs.plugins.plm.tiny")
-    assert folder == resolve_source("package:crs.plugins.plm/tiny") and Path(folder, "config.json").is_file()
-    model = load_causal_lm("package:crs.plugins.plm.tiny", random_init=True)
-    tok = load_tokenizer("package:crs.plugins.plm.tiny")
+    # crs is the mapped folder core/ (package-dir), and both spellings of a package folder reach it
+    folder = resolve_source("package:crs.tiny_models.causal_lm")
+    assert folder == resolve_source("package:crs.tiny_models/causal_lm") and Path(folder, "config.json").is_file()
+    model = load_causal_lm("package:crs.tiny_models.causal_lm", random_init=True)
+    tok = load_tokenizer("package:crs.tiny_models.causal_lm")
     assert model.get_input_embeddings().weight.shape[0] == len(tok) == 616
 
 

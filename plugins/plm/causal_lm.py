@@ -69,7 +69,7 @@ class HFCausalLM(Generator):
     # with crs.  Its tiny batch has no plm_tokens fields, so the example reads the word-id fields: the
     # contract checks ports, shapes and gradients, for which any ids below the tokenizer's size do.
     contract_node: ClassVar[dict] = {
-        "source": "package:crs.plugins.plm.tiny", "random_init": True,
+        "source": "package:crs.tiny_models.causal_lm", "random_init": True,
         "inputs": {"context": "batch.context_tokens", "context_mask": "batch.context_tokens_mask",
                    "response": "batch.response_tokens", "response_mask": "batch.response_tokens_mask"}}
 

@@ -57,7 +57,7 @@ class PLMTokens(Featurizer):
     """Sub-word ids of context and reply for a pretrained language model (see the module doc)."""
 
     # what `crs components` builds it from to list its fields (the tiny tokenizer shipped with crs)
-    contract_node: ClassVar[dict] = {"tokenizer": "package:crs.plugins.plm.tiny"}
+    contract_node: ClassVar[dict] = {"tokenizer": "package:crs.tiny_models.causal_lm"}
 
     @dataclass
     class Config:
