@@ -116,11 +116,17 @@ def _shown_metrics(stage: dict[str, Any]) -> list[str]:
 
 
 # ------------------------------------------------------------------ figures
-def curves_figure(run_dir: str | Path) -> Any:
-    """Loss parts and validation metrics by epoch, one column per stage (see the module doc)."""
+def _trained_stages(run_dir: Path) -> dict[str, dict[str, Any]]:
+    """:func:`_stages` of the run's metrics.jsonl, only those with a finished training epoch."""
+    return {name: s for name, s in _stages(_read_jsonl(run_dir / METRICS_FILE)).items() if s["train"]}
+
+
+def curves_figure(run_dir: str | Path, stages: dict[str, dict[str, Any]] | None = None) -> Any:
+    """Loss parts and validation metrics by epoch, one column per stage (see the module doc).
+
+    `stages`: :func:`_trained_stages` when the caller has read them already."""
     run_dir = Path(run_dir)
-    stages = _stages(_read_jsonl(run_dir / METRICS_FILE))
-    stages = {name: s for name, s in stages.items() if s["train"]}
+    stages = _trained_stages(run_dir) if stages is None else stages
     if not stages:
         raise DataError(str(run_dir / METRICS_FILE), "no finished epoch to draw",
                         "plot a run that trained at least one epoch")
@@ -181,8 +187,8 @@ def mean_interval(values: np.ndarray, *, resamples: int = 2000, seed: int = 0, l
     return float(values.mean()), float(low), float(high)
 
 
-def _gains(run_dir: Path, metric: str) -> dict[str, tuple[list, np.ndarray]]:
-    """``{protocol: (sample keys, per-sample gains of metric)}`` of one run."""
+def _gains(run_dir: Path, metrics: Sequence[str]) -> dict[str, tuple[list, dict[str, np.ndarray]]]:
+    """``{protocol: (sample keys, {metric: per-sample gains})}`` of one run (rankings.jsonl read once)."""
     from .evaluation.significance import gains, load_rankings
 
     out = {}
@@ -190,7 +196,7 @@ def _gains(run_dir: Path, metric: str) -> dict[str, tuple[list, np.ndarray]]:
         keys = list(ranked)
         ranks = np.array([ranked[k][0] for k in keys])
         ties = np.array([ranked[k][1] for k in keys])
-        out[protocol] = (keys, gains(ranks, metric, ties))
+        out[protocol] = (keys, {metric: gains(ranks, metric, ties) for metric in metrics})
     return out
 
 
@@ -200,10 +206,10 @@ def comparison_figure(run_dirs: Sequence[str | Path], *, ks: Sequence[int] = (1,
     runs = [Path(r) for r in run_dirs]
     table: dict[tuple[str, str], dict[int, tuple[float, float, float]]] = {}
     for run in runs:
-        for k in ks:
-            for protocol, (_, values) in _gains(run, f"recall@{k}").items():
-                table.setdefault((_label(run), protocol), {})[k] = mean_interval(values, resamples=resamples,
-                                                                                 seed=seed)
+        label = _label(run)
+        for protocol, (_, by_metric) in _gains(run, [f"recall@{k}" for k in ks]).items():
+            table[(label, protocol)] = {k: mean_interval(by_metric[f"recall@{k}"], resamples=resamples, seed=seed)
+                                        for k in ks}
     if not table:
         raise DataError(str(runs[0]), "no ranked samples in these runs", "plot runs that have a recommender")
     plt = _pyplot()
@@ -233,20 +239,20 @@ def _train_counts(run_dir: Path) -> dict[str, float]:
 def popularity_figure(run_dirs: Sequence[str | Path], *, k: int = 10, buckets: int = 4) -> Any:
     """Recall@k by the target's train popularity, buckets of equal test-target counts (see the module doc)."""
     runs = [Path(r) for r in run_dirs]
-    counts = _train_counts(runs[0])  # the buckets of the first run; other runs are scored on the same edges
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     edges = None
     for run in runs:
         run_counts = _train_counts(run)
-        for protocol, (keys, values) in _gains(run, f"recall@{k}").items():
+        label = _label(run)
+        for protocol, (keys, by_metric) in _gains(run, [f"recall@{k}"]).items():
+            values = by_metric[f"recall@{k}"]
             popularity = np.array([run_counts.get(key[2], 0.0) for key in keys])
-            if edges is None:
-                base = np.array([counts.get(key[2], 0.0) for key in keys])
-                edges = np.unique(np.quantile(base, np.linspace(0, 1, buckets + 1)))
+            if edges is None:  # the first run's buckets; the other runs are scored on the same edges
+                edges = np.unique(np.quantile(popularity, np.linspace(0, 1, buckets + 1)))
             which = np.clip(np.searchsorted(edges, popularity, side="right") - 1, 0, len(edges) - 2)
             means = [values[which == b].mean() if (which == b).any() else np.nan for b in range(len(edges) - 1)]
-            ax.plot(range(len(means)), means, marker="o", label=f"{_label(run)} [{protocol}]")
+            ax.plot(range(len(means)), means, marker="o", label=f"{label} [{protocol}]")
     labels = [f"{edges[b]:.0f}-{edges[b + 1]:.0f}" for b in range(len(edges) - 1)]
     ax.set_xticks(range(len(labels)), labels)
     ax.set_xlabel("times the target was recommended in train (bucket)")
@@ -271,9 +277,8 @@ def _save(fig: Any, path: Path) -> Path:
 def write_run_curves(run_dir: str | Path) -> Path | None:
     """``RUN_DIR/curves.png`` at the end of a run; a run without a trained epoch draws nothing (None)."""
     run_dir = Path(run_dir)
-    if not _stages(_read_jsonl(run_dir / METRICS_FILE)):
-        return None
-    return _save(curves_figure(run_dir), run_dir / CURVES_NAME)
+    stages = _trained_stages(run_dir)
+    return _save(curves_figure(run_dir, stages), run_dir / CURVES_NAME) if stages else None
 
 
 def write_plots(run_dirs: Iterable[str | Path], out: str | Path) -> list[Path]:
@@ -286,11 +291,12 @@ def write_plots(run_dirs: Iterable[str | Path], out: str | Path) -> list[Path]:
     for i, run in enumerate(runs):
         if not run.is_dir():
             raise DataError(str(run), "no such run folder", "pass the run_dir of a `crs run`")
-        if not _stages(_read_jsonl(run / METRICS_FILE)):
+        stages = _trained_stages(run)
+        if not stages:
             log.warning("%s trained nothing (e.g. popularity): no training curves", run)
             continue
         name = f"curves-{run.name}.png" if sum(r.name == run.name for r in runs) == 1 else f"curves-{i}-{run.name}.png"
-        written.append(_save(curves_figure(run), out / name))
+        written.append(_save(curves_figure(run, stages), out / name))
     ranked = [run for run in runs if (run / RANKINGS_NAME).is_file() and (run / RANKINGS_NAME).stat().st_size]
     if ranked:
         written.append(_save(comparison_figure(ranked), out / "comparison.png"))

@@ -135,10 +135,7 @@ def _run_in_folder(registry, spec, resolved: dict, *, resume: bool, overwrite: b
                           "total": round(time.perf_counter() - started, 3)},
             "peak_rss_mb": round(_peak_rss_mb(), 1),
             "training": throughput,
-            "data": {"corpus": pipeline.corpus.name, "report": pipeline.corpus.report,
-                     "samples": {k: len(v) for k, v in pipeline.samples.items()}, "items": len(pipeline.items),
-                     "item_train_counts": item_train_counts(pipeline),
-                     **({"item_texts": item_texts} if item_texts else {})},
+            "data": {**data_summary(pipeline, item_texts), "report": pipeline.corpus.report},
             "history": history,
             **distributed.report_entry(),  # under torchrun: processes and backend ({} in one process)
         }
@@ -187,10 +184,15 @@ def scored_counts(pipeline, split: str) -> str:
     return text
 
 
-def item_train_counts(pipeline) -> dict[str, int]:
-    """``{item id: times recommended in train}`` for items recommended at least once (for popularity plots)."""
+def data_summary(pipeline, item_texts: dict) -> dict:
+    """The report's ``extra.data``: corpus, split sizes, items, ``item_train_counts`` (``{item id: times
+    recommended in train}`` for items recommended at least once: crs.plots' popularity buckets) and, when a
+    component reads item texts, what they are and their coverage (``item_texts``)."""
     counts = pipeline.items.train_counts.tolist()
-    return {item: int(n) for item, n in zip(pipeline.items.ids, counts) if n > 0}
+    return {"corpus": pipeline.corpus.name, "samples": {k: len(v) for k, v in pipeline.samples.items()},
+            "items": len(pipeline.items),
+            "item_train_counts": {item: int(n) for item, n in zip(pipeline.items.ids, counts) if n > 0},
+            **({"item_texts": item_texts} if item_texts else {})}
 
 
 def write_curves(out: Path) -> None:
@@ -348,10 +350,6 @@ def _evaluate_locked(run_dir: str, overrides: list[str], split: str | None, out:
                       "load": round(load_s, 3), "evaluate": round(eval_s, 3),
                       "total": round(time.perf_counter() - started, 3)},
         "peak_rss_mb": round(_peak_rss_mb(), 1),
-        "data": {"corpus": pipeline.corpus.name, "samples": {k: len(v) for k, v in pipeline.samples.items()},
-                 "items": len(pipeline.items), "item_train_counts": item_train_counts(pipeline)},
+        "data": data_summary(pipeline, pipeline.item_text_report()),
     }
-    item_texts = pipeline.item_text_report()
-    if item_texts:
-        extra["data"]["item_texts"] = item_texts
     return write_evaluation(target, results, pipeline.resolved, extra), load_s, eval_s
