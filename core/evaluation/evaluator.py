@@ -108,17 +108,23 @@ def check_evaluable(pipeline: Any, split: str, tasks: Iterable[str] = ("rec", "c
                         "to rank", fix)
     if "conv" in tasks and model.has_generator and not pipeline.task_samples(split, "conv"):
         raise DataError(where, f"none of its {len(samples)} samples has a reply to score the generator on", fix)
-    _check_support_in_train(pipeline, split)
-    _check_protocol_roles(pipeline)
+    _check_protocols(pipeline, split)
 
 
-def _check_protocol_roles(pipeline: Any) -> None:
-    """A ConfigError for a protocol that scores turns of a speaker ``samples.roles`` makes no samples of (e.g.
-    ``all_turns`` with the default recommender turns): it would score a subset of what its id says."""
+def _check_protocols(pipeline: Any, split: str) -> None:
+    """ConfigErrors for configured protocols that the samples settings make wrong (protocols built once):
+
+    - a protocol that scores turns of a speaker ``samples.roles`` makes no samples of (e.g. ``all_turns``
+      with the default recommender turns): it would score a subset of what its id says;
+    - with ``samples.test_support_to_train``, train holds the support samples of `split`'s users: only
+      protocols that score query samples alone (``adapts``) may score it, or the model is tested on what it
+      was trained on.
+    """
     spec = getattr(pipeline, "spec", None)
     if getattr(spec, "samples", None) is None:  # a stand-in pipeline without samples settings
         return
     made = set(spec.samples.roles)
+    support_in_train = spec.samples.test_support_to_train and split == spec.evaluation.split
     for i, protocol in enumerate(_build_protocols(pipeline)):
         missing = [role for role in getattr(protocol, "roles", ()) if role not in made]
         if missing:
@@ -127,17 +133,7 @@ def _check_protocol_roles(pipeline: Any) -> None:
                               f"samples.roles makes samples of {' and '.join(spec.samples.roles)} turns only",
                               f"set samples.roles: [{', '.join(protocol.roles)}] (other protocols still score "
                               "recommender turns only), or drop the protocol")
-
-
-def _check_support_in_train(pipeline: Any, split: str) -> None:
-    """With ``samples.test_support_to_train``, train holds the support samples of `split`'s users: only
-    protocols that score query samples alone (``adapts``) may score it, or the model is tested on
-    what it was trained on."""
-    samples = getattr(getattr(pipeline, "spec", None), "samples", None)  # None: a stand-in pipeline without one
-    if samples is None or not samples.test_support_to_train or split != pipeline.spec.evaluation.split:
-        return
-    for i, protocol in enumerate(_build_protocols(pipeline)):
-        if not protocol.adapts:
+        if support_in_train and not protocol.adapts:
             raise ConfigError(f"evaluation.protocols.{i}",
                               f"protocol '{protocol.id}' scores every {split} sample, but "
                               f"samples.test_support_to_train put the {split} users' support conversations in "

@@ -51,6 +51,11 @@ class Pipeline:
     fields: list = field(default_factory=list)  # batch fields added by featurizers (crs.data.fields.Field)
     # reader (model slot path, samples.vocab_item_texts) -> item-text sources it looked up, in order
     text_reads: dict[str, list[str]] = field(default_factory=dict)
+    # what the samples were built with, for building more of them (crs.serving): the graphs they index (the entity
+    # graph is the item-only one when no knowledge graph is configured) and the featurizers that ran over them
+    entity_graph: Any = None
+    word_graph: Any = None
+    featurizers: list = field(default_factory=list)
 
     @property
     def device(self) -> torch.device:
@@ -288,4 +293,5 @@ def build_pipeline(spec: PipelineSpec, registry: Any, resolved: dict, extra_item
     log.debug("pipeline built: %s", {k: round(v, 2) for k, v in timings.items()})  # CRS_DEBUG=1 shows it
     return Pipeline(spec=spec, resolved=resolved, registry=registry, corpus=corpus, vocab=vocab, items=items,
                     graphs=graphs, item_texts=item_texts, users=users, samples=samples, model=model,
-                    linker=linker, timings=timings, fields=extra_fields, text_reads=text_reads)
+                    linker=linker, timings=timings, fields=extra_fields, text_reads=text_reads,
+                    entity_graph=entity_graph, word_graph=word_graph, featurizers=featurizers)

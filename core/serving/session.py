@@ -188,13 +188,12 @@ class ChatEngine:
     def __init__(self, pipeline: Any, *, linker: Any = None):
         """:param linker: the entity linker for typed text; default: the run's, else :data:`FALLBACK_LINKER`."""
         from ..data.build import SampleBuilder
-        from ..knowledge import ENTITY, WORD
 
         self.pipeline, self.model = pipeline, pipeline.model
         self.lock = threading.Lock()
         spec = pipeline.spec
-        entity_graph = _samples_graph(pipeline.graphs, ENTITY, spec.samples.entity_graph)
-        word_graph = _samples_graph(pipeline.graphs, WORD, spec.samples.word_graph)
+        # the graphs and featurizers the run's samples were built with
+        entity_graph, word_graph = pipeline.entity_graph, pipeline.word_graph
         self.entity_graph = entity_graph
         self.item_names = list(pipeline.items.names)
         self.builder = SampleBuilder(vocab=pipeline.vocab, items=pipeline.items, entity_graph=entity_graph,
@@ -203,8 +202,7 @@ class ChatEngine:
         if linker is None:
             linker = pipeline.linker or _fallback_linker(pipeline, entity_graph)
         self.finder = MentionFinder(pipeline.items, self.item_names, entity_graph, linker)
-        self.featurizers = [pipeline.build("featurizer", node, f"samples.featurizers.{i}")
-                            for i, node in enumerate(spec.samples.featurizers)]
+        self.featurizers = list(pipeline.featurizers)
         self.word_names = list(word_graph.nodes) if word_graph is not None else []
         self.ids = itertools.count(1)
 
@@ -353,17 +351,12 @@ class ChatSession:
         return answer
 
 
-def _samples_graph(graphs: dict, role: str, wanted: str | None) -> Any:
-    """The graph the run's samples index `role` nodes in (``samples.entity_graph``/``word_graph``, or the one)."""
-    if wanted is not None:
-        return graphs.get(wanted)
-    named = [g for g in graphs.values() if g.role == role]
-    return named[0] if len(named) == 1 else None
-
-
 def _fallback_linker(pipeline: Any, entity_graph: Any) -> Any:
-    """:data:`FALLBACK_LINKER` fitted on `entity_graph`, or None (no graph, or the component is not installed)."""
-    if entity_graph is None or FALLBACK_LINKER["type"] not in pipeline.registry:
+    """:data:`FALLBACK_LINKER` fitted on `entity_graph`, or None (no knowledge graph: only the item-only graph of a
+    pipeline without one, whose items MentionFinder finds by name; or the component is not installed)."""
+    if entity_graph is None or entity_graph.name not in pipeline.graphs:
+        return None
+    if FALLBACK_LINKER["type"] not in pipeline.registry:
         return None
     from ..interfaces import BuildDeps
 
