@@ -285,18 +285,22 @@ def _items(args: argparse.Namespace) -> int:
 
 # -------------------------------------------------------------- chat, serve
 def _configure_chat(parser: argparse.ArgumentParser) -> None:
+    from .serving.limits import MAX_TOP_N, REPLY_TOKENS, TOP_N
+
     parser.add_argument("run_dir", metavar="RUN_DIR", help="a finished run's folder (holds config.yaml and "
                                                            "checkpoint.pt)")
-    parser.add_argument("--recs", type=int, default=5, metavar="N", help="recommendations shown per turn (1-50)")
-    parser.add_argument("--reply-tokens", type=int, default=20, metavar="N",
-                        help="longest generated reply, in tokens (default 20)")
+    parser.add_argument("--recs", type=int, default=TOP_N, metavar="N",
+                        help=f"recommendations shown per turn (1-{MAX_TOP_N})")
+    parser.add_argument("--reply-tokens", type=int, default=REPLY_TOKENS, metavar="N",
+                        help=f"longest generated reply, in tokens (default {REPLY_TOKENS})")
 
 
 def _chat(args: argparse.Namespace) -> int:
     from .serving.chat import chat_main  # torch and the pipeline load only here
+    from .serving.limits import MAX_REPLY_TOKENS, MAX_TOP_N
 
-    _check_range("--recs", args.recs, 1, 50)
-    _check_range("--reply-tokens", args.reply_tokens, 1, 200)
+    _check_range("--recs", args.recs, 1, MAX_TOP_N)
+    _check_range("--reply-tokens", args.reply_tokens, 1, MAX_REPLY_TOKENS)
     return chat_main(args.run_dir, top_n=args.recs, reply_tokens=args.reply_tokens)
 
 
@@ -309,8 +313,10 @@ def _configure_serve(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-sessions", type=int, default=100, help="open conversations kept at most")
     parser.add_argument("--idle-timeout", type=float, default=1800.0, metavar="SECONDS",
                         help="a conversation idle this long is dropped (default 1800)")
-    parser.add_argument("--max-chars", type=int, default=500, help="longest utterance accepted, in characters")
-    parser.add_argument("--reply-tokens", type=int, default=20, metavar="N", help="longest generated reply")
+    from .serving.limits import MAX_CHARS, REPLY_TOKENS
+
+    parser.add_argument("--max-chars", type=int, default=MAX_CHARS, help="longest utterance accepted, in characters")
+    parser.add_argument("--reply-tokens", type=int, default=REPLY_TOKENS, metavar="N", help="longest generated reply")
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -326,7 +332,9 @@ def _serve(args: argparse.Namespace) -> int:
     _check_range("--port", args.port, 1, 65535)
     _check_range("--max-sessions", args.max_sessions, 1, 1_000_000)
     _check_range("--max-chars", args.max_chars, 1, 100_000)
-    _check_range("--reply-tokens", args.reply_tokens, 1, 200)
+    from .serving.limits import MAX_REPLY_TOKENS
+
+    _check_range("--reply-tokens", args.reply_tokens, 1, MAX_REPLY_TOKENS)
     if not args.idle_timeout > 0:
         raise ConfigError("--idle-timeout", f"must be a positive number of seconds, got {args.idle_timeout}",
                           "e.g. --idle-timeout 1800", source="command line")

@@ -108,8 +108,6 @@ def _add_test_support(samples: dict[str, list], corpus: Any, split: str) -> tupl
     step: words seen only in support stay unknown (they would otherwise differ from the
     adapting models' vocabulary, which would make their PPL incomparable).
     """
-    from dataclasses import replace
-
     from ..data.tasks import support_samples
 
     support = support_samples(samples.get(split, []))

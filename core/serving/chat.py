@@ -16,13 +16,13 @@ from typing import IO, Any
 
 from ..data.schema import RECOMMENDER
 from ..errors import CRSError
-from .session import _CONTROL, MAX_CHARS, REPLY_TOKENS, TOP_N, Answer, ChatEngine, ChatSession, Why
+from .limits import MAX_CHARS, MAX_TOP_N, REPLY_TOKENS, TOP_N
+from .session import _CONTROL, Answer, ChatEngine, ChatSession, Why
 
 PROMPT = "you> "
 BOT = "bot> "
-MAX_RECS = 50  # /recs N accepts 1..MAX_RECS
 COMMANDS = {
-    "/recs N": f"show N recommendations per turn (1-{MAX_RECS}) and re-rank the last turn",
+    "/recs N": f"show N recommendations per turn (1-{MAX_TOP_N}) and re-rank the last turn",
     "/why": "the context entities and words that drove the last ranking, and the items excluded",
     "/reset": "forget the conversation and start a new one",
     "/quit": "leave (end of input does too)",
@@ -138,8 +138,8 @@ class ChatLoop:
         elif name == "/why":
             self.write(*format_why(self.session.last.why if self.session.last else None))
         elif name == "/recs":
-            if not arg.strip().isdigit() or not 1 <= int(arg) <= MAX_RECS:
-                self.write(f"error: /recs takes a number from 1 to {MAX_RECS}, e.g. /recs 10")
+            if not arg.strip().isdigit() or not 1 <= int(arg) <= MAX_TOP_N:
+                self.write(f"error: /recs takes a number from 1 to {MAX_TOP_N}, e.g. /recs 10")
                 return
             self.top_n = int(arg)
             if not self.asked:

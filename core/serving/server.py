@@ -34,10 +34,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from .session import MAX_CHARS, REPLY_TOKENS, ChatEngine, ChatSession, InputError
+from .limits import MAX_CHARS, MAX_TOP_N, REPLY_TOKENS, TOP_N
+from .session import ChatEngine, ChatSession, InputError
 
 STATIC = Path(__file__).parent / "static"
-MAX_TOP_N = 50
 CSP = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; object-src 'none'; " \
       "base-uri 'none'; frame-ancestors 'none'"
 
@@ -157,7 +157,7 @@ def create_app(engine: ChatEngine, settings: ServeSettings | None = None,
     class TurnIn(BaseModel):
         # The hard bound on what is parsed; clean_utterance applies max_chars to the cleaned text.
         text: str = Field(max_length=4 * settings.max_chars)
-        top_n: int = Field(default=5, ge=1, le=MAX_TOP_N)
+        top_n: int = Field(default=TOP_N, ge=1, le=MAX_TOP_N)
         reply: bool = True
 
     app = FastAPI(title="crs serve", version="1", docs_url=None, redoc_url=None, openapi_url=None)

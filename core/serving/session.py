@@ -49,12 +49,10 @@ from ..data.build import STOPWORDS
 from ..data.schema import RECOMMENDER, SEEKER, Mention, Turn
 from ..data.vocab import detokenize, tokenize, tokenize_spans
 from ..errors import CRSError
+from .limits import MAX_CHARS, REPLY_TOKENS, TOP_N
 
 #: The linker fitted on the run's entity graph when its config names none.
 FALLBACK_LINKER = {"type": "phrase_matcher"}
-MAX_CHARS = 500  # longest accepted utterance, in characters (after clean-up)
-REPLY_TOKENS = 20  # longest generated reply, in tokens
-TOP_N = 5  # recommendations shown per turn
 WHY_SHOWN = 10  # entities and words listed by /why
 _YEAR = re.compile(r"\s*\(\d{4}\)\s*$")
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\u2028\u2029]")

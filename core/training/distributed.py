@@ -31,7 +31,7 @@ What each piece of a run does under N processes:
   running the lifecycle hooks, so that whatever state a hook keeps is the same on every rank.
 - **Early stopping** reads the broadcast metrics, so every rank takes rank 0's decision.
 - **Writes**: rank 0 alone writes the checkpoint, best.pt, metrics.jsonl, history.json, the
-  report, rankings and generations (:func:`is_main`, :class:`SilentMetricsLog`); the other
+  report, rankings and generations (``current().main``, :class:`SilentMetricsLog`); the other
   ranks wait at a :func:`barrier` before reading best.pt back.
 - **Random streams**: rank 0 keeps the single-process stream; rank r > 0 is seeded from
   (seed, r) so that dropout masks differ between shards; the checkpoint holds every rank's
@@ -61,7 +61,7 @@ import torch
 
 from ..errors import ConfigError
 
-__all__ = ["Distributed", "SINGLE", "Shard", "current", "init_from_env", "shutdown", "is_main", "shard_batches",
+__all__ = ["Distributed", "SINGLE", "Shard", "current", "init_from_env", "shutdown", "shard_batches",
            "all_reduce_weighted_means", "broadcast_object", "gather_objects", "barrier", "training_replica",
            "check_strategy", "check_replicas_agree", "SilentMetricsLog", "rank_seed", "quiet_unless_main",
            "report_entry", "TIMEOUT_ENV"]
@@ -98,10 +98,6 @@ _current = SINGLE
 def current() -> Distributed:
     """The process group this process joined (:data:`SINGLE` outside torchrun)."""
     return _current
-
-
-def is_main() -> bool:
-    return _current.main
 
 
 def _env_int(name: str, default: int) -> int:

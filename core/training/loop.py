@@ -88,10 +88,10 @@ class EpochLoop:
         self._step_sums: dict[str, float] = {}  # logged parts of the batches of the current optimizer step
         self._step_count = 0
         # Under torchrun (crs.training.distributed): the DDP replica the training forward goes through,
-        # and this rank's shard of each global batch handed out by batches(), by id of the collated batch.
+        # and this rank's shard of the global batch batches() handed out last, by id of the collated batch.
         self._forward = forward if forward is not None else self.model
         self._dist = distributed.current()
-        self._shards: dict[int, distributed.Shard] = {}
+        self._shard: tuple[int, distributed.Shard] | None = None  # (id of the batch, its shard)
 
     # ------------------------------------------------------------------ data
     def batches(self, samples: list | None = None, *, batch_size: int | None = None,
@@ -121,7 +121,7 @@ class EpochLoop:
         for shard in distributed.shard_batches(samples, size, shuffle=True, seed=seed, rank=dist.rank,
                                                world_size=dist.world_size):
             for batch in self.pipeline.batches(shard.samples, len(shard.samples), shuffle=False, seed=0):
-                self._shards = {id(batch): shard}  # one batch at a time: the previous one is done with
+                self._shard = (id(batch), shard)  # one batch at a time: the previous one is done with
                 yield batch
 
     # ------------------------------------------------------------------ loss
@@ -153,7 +153,8 @@ class EpochLoop:
                       ) -> tuple[torch.Tensor, dict[str, float]]:
         """Under torchrun: the forward through the DDP replica, the loss scaled so that DDP's gradient average
         is the global batch's mean gradient, and the parts as the global batch's sample-weighted means."""
-        shard = self._shards.pop(id(batch), None)
+        held, self._shard = self._shard, None
+        shard = held[1] if held is not None and held[0] == id(batch) else None
         if params is not None or shard is None:  # check_strategy lets only strategies that batch plainly through
             raise RuntimeError("under torchrun, EpochLoop.loss takes the batches of loop.batches() and no fast "
                                "weights (crs.training.distributed)")
