@@ -21,11 +21,9 @@ model calls, so one request's intra-op threads compete with nothing but the othe
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import threading
 import time
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 from bench_report import finish  # same folder: run as python benchmarks/bench_serve.py
@@ -114,29 +112,16 @@ def breakdown(engine, convs: list[list[str]], turns: int, reply_tokens: int) -> 
 
 
 def load_test(engine, convs: list[list[str]], sessions: int, turns_each: int, reply_tokens: int) -> dict:
-    import uvicorn
-
-    from crs.serving.server import ServeSettings, create_app
+    from crs.serving.server import BackgroundServer, ServeSettings, create_app
 
     app = create_app(engine, ServeSettings(max_sessions=sessions * 2, reply_tokens=reply_tokens))
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.05)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    url = f"http://127.0.0.1:{port}"
+    with BackgroundServer(app) as server:
+        return _load(server, convs, sessions, turns_each)
 
-    def post(path: str, body: dict | None = None) -> tuple[int, dict]:
-        data = json.dumps(body).encode() if body is not None else b""
-        request = urllib.request.Request(url + path, data=data, method="POST",
-                                         headers={"Content-Type": "application/json"})
-        try:
-            with urllib.request.urlopen(request, timeout=120) as response:
-                return response.status, json.loads(response.read())
-        except urllib.error.HTTPError as err:
-            return err.code, {}
 
+def _load(server, convs: list[list[str]], sessions: int, turns_each: int) -> dict:
+    """`sessions` clients at once, `turns_each` turns each, against `server` (a BackgroundServer)."""
+    post = lambda path, body=None: server.post(path, body, timeout=120)  # noqa: E731
     latencies: list[float] = []
     errors = [0]
     lock = threading.Lock()
@@ -161,8 +146,6 @@ def load_test(engine, convs: list[list[str]], sessions: int, turns_each: int, re
     with ThreadPoolExecutor(sessions) as pool:
         list(pool.map(client, range(sessions)))
     wall = time.perf_counter() - start
-    server.should_exit = True
-    thread.join(10)
     return {"sessions": sessions, "turns": len(latencies), "errors": errors[0], "wall_s": round(wall, 2),
             "turns_per_s": round(len(latencies) / wall, 2), **percentiles(latencies)}
 

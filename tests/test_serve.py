@@ -11,10 +11,7 @@ from __future__ import annotations
 
 import json
 import random
-import socket
-import threading
 import time
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -64,42 +61,6 @@ def tiny_kgsf_engine(tmp_path_factory):
     if "kgsf" not in _ENGINES:
         _ENGINES["kgsf"] = load_engine(str(tiny_kgsf_run(tmp_path_factory)))
     return _ENGINES["kgsf"]
-
-
-class LiveServer:
-    """`create_app(...)` served by uvicorn on a free localhost port in a background thread."""
-
-    def __init__(self, app):
-        import uvicorn
-
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self) -> "LiveServer":
-        self.thread.start()
-        deadline = time.monotonic() + 20
-        while not self.server.started:
-            assert time.monotonic() < deadline, "uvicorn did not start"
-            time.sleep(0.05)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.server.should_exit = True
-        self.thread.join(10)
-
-    def post(self, path: str, body: dict | None = None) -> tuple[int, dict]:
-        data = json.dumps(body).encode() if body is not None else b""
-        request = urllib.request.Request(self.url + path, data=data, method="POST",
-                                         headers={"Content-Type": "application/json"})
-        try:
-            with urllib.request.urlopen(request, timeout=60) as response:
-                return response.status, json.loads(response.read())
-        except urllib.error.HTTPError as err:
-            return err.code, json.loads(err.read() or b"{}")
 
 
 @pytest.fixture(scope="module")
@@ -281,11 +242,11 @@ def _tastes(engine) -> list[str]:
 
 @pytest.mark.slow  # 32 turns with replies: about 5 s on a free core
 def test_sixteen_parallel_sessions_each_get_their_own_recommendations(engine):
-    from crs.serving.server import ServeSettings, create_app
+    from crs.serving.server import BackgroundServer, ServeSettings, create_app
 
     tastes = _tastes(engine)
     follow_up = "what else would I like?"
-    with LiveServer(create_app(engine, ServeSettings(max_sessions=32, reply_tokens=8))) as server:
+    with BackgroundServer(create_app(engine, ServeSettings(max_sessions=32, reply_tokens=8))) as server:
         ids = [server.post("/v1/sessions")[1]["session_id"] for _ in tastes]
 
         def talk(i: int) -> list[dict]:

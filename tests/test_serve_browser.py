@@ -15,7 +15,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from test_serve import LiveServer, tiny_kgsf_engine
+from test_serve import tiny_kgsf_engine
 
 CHROMIUM = ("chromium", "chromium-browser", "google-chrome")
 DRIVER = "chromedriver"
@@ -59,11 +59,11 @@ def browser(tmp_path_factory):
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     from crs.serving.chat import load_engine
-    from crs.serving.server import create_app
+    from crs.serving.server import BackgroundServer, create_app
 
     run_dir = os.environ.get("CRS_SERVE_RUN")  # e.g. the README's demo run, for its screenshot
     engine = load_engine(run_dir) if run_dir else tiny_kgsf_engine(tmp_path_factory)
-    with LiveServer(create_app(engine)) as live:
+    with BackgroundServer(create_app(engine)) as live:
         yield live
 
 
