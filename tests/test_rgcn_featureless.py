@@ -113,7 +113,10 @@ def test_no_node_embeddings_and_the_parameter_count_is_per_node():
     assert sum(p.numel() for p in plain.parameters()) == NODES * DIM + BASES * DIM * DIM + RELATIONS * BASES \
         + DIM * DIM + DIM
     assert "bases" in dict(module.layers[0].named_parameters())
-    assert "edge_dst" not in module.state_dict()  # graph structure is data, not checkpoint state
+    graph_buffers = {"edge_src", "edge_pair", "pair_dst", "edge_weight", "lookup_rows", "lookup_offsets",
+                     "lookup_rel", "lookup_weight"}
+    assert graph_buffers <= {name for name, _ in module.named_buffers()}  # they exist ...
+    assert not graph_buffers & set(module.state_dict())  # ... but graph structure is data, not checkpoint state
 
 
 def test_featureless_needs_a_layer():

@@ -1,7 +1,7 @@
 """Which item texts a pipeline reads, and how much of the data they cover (for the run report).
 
-Review text is scarce (ReDial: 20-token review snippets for 2,711 of 6,924 movies, plots
-for 6,583), so a figure obtained with item texts means little without saying which text
+Review text is scarce (ReDial: 20-token review snippets for 2,693 of its 6,924 items, plots
+for 6,451; BENCHMARKS.md section 2), so a figure obtained with item texts means little without saying which text
 stood in and for how many items.  The pipeline builder hands every model slot a
 :class:`TextLookups` view of the loaded item texts, which notes the sources the slot looks
 up, in order: a reader that asks for ``reviews`` and then ``metadata`` uses the second

@@ -23,6 +23,7 @@ from .transformer import (
     TransformerDecoder,
     TransformerEncoder,
     causal_mask,
+    check_transformer_config,
     keep_last,
     padding_mask,
     sinusoidal_positions,
@@ -30,7 +31,8 @@ from .transformer import (
 
 __all__ = [
     "DecoderLayer", "EncoderLayer", "Memory", "ProjectedMemory", "SafeAttention", "SelfAttentivePool",
-    "TransformerDecoder", "TransformerEncoder", "causal_mask", "gather_nodes", "greedy_decode", "keep_last",
+    "TransformerDecoder", "TransformerEncoder", "causal_mask", "check_transformer_config", "gather_nodes",
+    "greedy_decode", "keep_last",
     "masked_mean", "padding_mask", "rec_cross_entropy", "shift_targets", "sinusoidal_positions", "target_nll",
     "token_nll",
 ]

@@ -55,7 +55,7 @@ from ..errors import ConfigError, check_positive_ints
 from ..interfaces import BuildDeps, Generator, Port
 from .decoding import greedy_decode, shift_targets, target_nll, token_nll
 from .embedding import use_token_embedding
-from .transformer import Memory, TransformerDecoder, TransformerEncoder, init_token_embedding_
+from .transformer import Memory, TransformerDecoder, TransformerEncoder, check_transformer_config, init_token_embedding_
 
 
 class TransformerGenerator(Generator):
@@ -101,13 +101,8 @@ class TransformerGenerator(Generator):
         self.output = None if config.share_embeddings else nn.Linear(dim, self.vocab_size)
 
     def _check_config(self, config: Any) -> None:
-        check_positive_ints(config, ("dim", "heads", "layers", "ffn_dim", "max_len"), self.path)
-        if config.dim % config.heads:
-            raise ConfigError(f"{self.path}.heads", f"dim {config.dim} is not divisible by heads {config.heads}",
-                              "choose heads that divide dim (e.g. dim: 128, heads: 4)")
-        for key in ("dropout", "attention_dropout"):
-            if not 0.0 <= getattr(config, key) < 1.0:
-                raise ConfigError(f"{self.path}.{key}", f"must be in [0, 1), got {getattr(config, key)}")
+        check_transformer_config(config, self.path)
+        check_positive_ints(config, ("max_len",), self.path)
         if not 0.0 <= config.label_smoothing < 1.0:
             raise ConfigError(f"{self.path}.label_smoothing", f"must be in [0, 1), got {config.label_smoothing}")
 

@@ -30,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import ConfigError, check_positive_ints
+
 Memory = tuple[torch.Tensor, torch.Tensor]  # (states (B, M, D), mask (B, M) bool, True = real)
 
 
@@ -295,3 +297,15 @@ class TransformerDecoder(nn.Module):
         for layer, layer_memories in zip(self.layers, per_layer):
             x = layer(x, layer_memories)
         return x
+
+
+def check_transformer_config(config: Any, path: str) -> None:
+    """A Transformer component's sizes positive, heads dividing dim, dropouts in [0, 1): a ConfigError at the
+    offending key under `path` (config keys dim, heads, layers, ffn_dim, dropout, attention_dropout)."""
+    check_positive_ints(config, ("dim", "heads", "layers", "ffn_dim"), path)
+    if config.dim % config.heads:
+        raise ConfigError(f"{path}.heads", f"dim {config.dim} is not divisible by heads {config.heads}",
+                          "choose heads that divide dim (e.g. dim: 128, heads: 4)")
+    for key in ("dropout", "attention_dropout"):
+        if not 0.0 <= getattr(config, key) < 1.0:
+            raise ConfigError(f"{path}.{key}", f"must be in [0, 1), got {getattr(config, key)}")

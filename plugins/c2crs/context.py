@@ -22,21 +22,10 @@ from typing import Any, Optional
 
 import torch
 
-from crs.errors import ConfigError, check_positive_ints
+from crs.errors import check_positive_ints
 from crs.interfaces import BuildDeps, ContextEncoder, Port
-from crs.nn import SelfAttentivePool, TransformerEncoder, keep_last
+from crs.nn import SelfAttentivePool, TransformerEncoder, check_transformer_config, keep_last
 from crs.nn.embedding import use_token_embedding
-
-
-def check_transformer_config(config: Any, path: str) -> None:
-    """Sizes positive, heads dividing dim, dropouts in [0, 1): a ConfigError at the offending key."""
-    check_positive_ints(config, ("dim", "heads", "layers", "ffn_dim"), path)
-    if config.dim % config.heads:
-        raise ConfigError(f"{path}.heads", f"dim {config.dim} is not divisible by heads {config.heads}",
-                          "choose heads that divide dim (e.g. dim: 300, heads: 2)")
-    for key in ("dropout", "attention_dropout"):
-        if not 0.0 <= getattr(config, key) < 1.0:
-            raise ConfigError(f"{path}.{key}", f"must be in [0, 1), got {getattr(config, key)}")
 
 
 def token_encoder(config: Any, deps: BuildDeps, max_len: int) -> TransformerEncoder:

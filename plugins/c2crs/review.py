@@ -26,13 +26,13 @@ import torch
 
 from crs.errors import ConfigError, check_positive_ints
 from crs.interfaces import BuildDeps, ExternalEncoder, Port
-from crs.nn import SelfAttentivePool, keep_last
+from crs.nn import SelfAttentivePool, check_transformer_config, keep_last, masked_mean
 
-from .context import check_transformer_config, token_encoder
+from .context import token_encoder
 
 
-def item_units(deps: BuildDeps, sources: list[str], units_per_item: int, max_tokens: int,
-               path: str) -> tuple[torch.Tensor, dict[str, int]]:
+def item_units(deps: BuildDeps, sources: list[str], units_per_item: int, max_tokens: int
+               ) -> tuple[torch.Tensor, dict[str, int]]:
     """Long (n_items, units_per_item, max_tokens) token ids of each item's units (0 = pad / no unit).
 
     Each item's units come from the first source in `sources` with a non-empty text for it;
@@ -84,8 +84,7 @@ class C2CRSReviewEncoder(ExternalEncoder):
         if not config.sources:
             raise ConfigError(f"{self.path}.sources", "names no item-text source",
                               "name the item-text knowledge to read, e.g. sources: [reviews, metadata]")
-        units, self.coverage = item_units(deps, list(config.sources), config.units_per_item, config.max_tokens,
-                                          self.path)
+        units, self.coverage = item_units(deps, list(config.sources), config.units_per_item, config.max_tokens)
         self.register_buffer("units", units, persistent=False)
         self.register_buffer("has_text", units[:, :, 0] != 0, persistent=False)  # (n_items, K)
         self.register_buffer("item_nodes", torch.as_tensor(deps.require("items").entity_nodes).long().clone(),
@@ -115,7 +114,7 @@ class C2CRSReviewEncoder(ExternalEncoder):
         vectors = self.token_pool(states, mask)  # (units, dim)
         per_item = vectors.new_zeros(*has_text.shape, vectors.shape[-1])
         per_item[has_text] = vectors
-        return per_item.sum(1) / has_text.sum(1, keepdim=True).clamp(min=1)
+        return masked_mean(per_item, has_text)  # textless units are zero rows: the mean over those with text
 
     def forward(self, inputs: dict[str, Any]) -> dict[str, Any]:
         items, mask = inputs["items"].long(), inputs["items_mask"].bool()

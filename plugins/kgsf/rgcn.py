@@ -212,10 +212,12 @@ class FeaturelessRelationalLayer(nn.Module):
     (B*N, d) view of ``bases`` with E*B row ids and per-row weights: each message is a row
     read by index, O(B E d), and nothing larger than (N, d) materialised.  PyG's ``RGCNConv``
     instead builds every W_r, an (R, N, d) tensor (1.1 GB in float32 on ReDial), and
-    ``FastRGCNConv`` gathers it per edge.  On ReDial (1 thread) embedding_bag's forward takes
-    0.39 s of CPU against 1.96 s for one DGL SpMM per basis, forward+backward 3.6 s against
-    8.9 s.  The price: embedding_bag has no double backward, so this layer is first-order
-    only (a MAML inner loop may adapt the slots after it, as kgsf-maml does, not the layer).
+    ``FastRGCNConv`` gathers it per edge.  While choosing the method, embedding_bag's
+    forward+backward on ReDial (1 thread) took about 3.6 s of CPU against 8.9 s for one DGL SpMM
+    per basis (measured by hand, no script kept); ``benchmarks/bench_rgcn_featureless.py`` gives
+    3.18 s against 1.52 s for the default layer (BENCHMARKS.md section 3).  The price:
+    embedding_bag has no double backward, so this layer is first-order only (a MAML inner loop
+    may adapt the slots after it, as kgsf-maml does, not the layer).
 
     Size on ReDial's KGSF graph (64,363 nodes, 34 relations, d 128, 8 bases; measured with
     ``EntityGraphRGCN``): 74,146,576 parameters featureless against 8,386,320 for the default
@@ -329,12 +331,12 @@ class EntityGraphRGCN(ExternalEncoder):
 
     def encode(self) -> torch.Tensor:
         """All node representations (num_nodes, dim)."""
-        graph = self._graphs.get(self.edge_src.device)
         h = None if self.embeddings is None else self.embeddings.weight
         for layer in self.layers:
             if isinstance(layer, FeaturelessRelationalLayer):  # the first layer; one-hot inputs, no dropout
                 h = layer(self.lookup_rows, self.lookup_offsets, self.lookup_rel, self.lookup_weight)
-            else:
+            else:  # the DGL pair graph is built (once per device) only when a basis layer runs
+                graph = self._graphs.get(self.edge_src.device)
                 h = layer(self.dropout(h), graph, self.edge_weight, self.pair_dst, self.pairs_per_relation)
             if self.act is not None:
                 h = self.act(h)
