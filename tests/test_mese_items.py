@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 import torch
 
-import crs.plugins  # noqa: F401  (package:crs.tiny_models.encoder resolves through the imported crs.plugins)
 from crs.data.schema import Corpus, Item
 from crs.errors import ConfigError
 from crs.interfaces import BuildDeps, ItemIndex

@@ -26,6 +26,7 @@ prefix position is its most recent token.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -105,10 +106,17 @@ def _cache_of(output: Any) -> Any:
 
 
 def _cache_argument(model: Any) -> str:
-    """The forward keyword that takes a cache: ``cache`` where it exists (``past_key_values`` is deprecated there)."""
+    """The forward keyword that takes a cache: ``cache`` where it exists (``past_key_values`` is deprecated there).
+
+    Read once per model class (run_block calls this for every generated token)."""
+    return _cache_keyword(type(model))
+
+
+@functools.lru_cache(maxsize=None)
+def _cache_keyword(model_class: type) -> str:
     import inspect
 
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    return "cache" if "cache" in inspect.signature(model_class.forward).parameters else "past_key_values"
 
 
 def _base(model: Any) -> Any:

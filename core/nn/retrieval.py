@@ -10,7 +10,8 @@ is the index it searches:
   training objective (a softmax over ``q . k``) ranks first;
 - ``index: hnsw``: ``IndexHNSWFlat(d, 32, METRIC_INNER_PRODUCT)``, approximate, for
   catalogues far beyond ~100k items (``benchmarks/bench_retrieval.py`` measures its
-  recall and latency at 1M);
+  recall and latency; measured at 50k keys so far, BENCHMARKS.md section 8: 1M is the script's
+  default, not yet run here);
 - ``metric: cosine``: keys and queries are L2-normalised first (what the official
   MESE code's annoy "angular" index ranks by).
 
@@ -34,7 +35,7 @@ IndexKind = Literal["flat", "hnsw"]
 METRICS = typing.get_args(Metric)
 INDEX_KINDS = typing.get_args(IndexKind)
 HNSW_NEIGHBOURS = 32  # M: links per node; 32 is faiss's usual choice for d in the hundreds
-DEFAULT_EF_SEARCH = 128  # beam width at query time; bench_retrieval.py tunes it for recall@50 >= 0.95
+DEFAULT_EF_SEARCH = 128  # beam width at query time: twice the 64 that gave recall@50 0.993 at 50k keys (margin)
 DEFAULT_EF_CONSTRUCTION = 64
 
 __all__ = ["ItemRetrieval", "METRICS", "INDEX_KINDS"]

@@ -35,6 +35,7 @@ from typing import Any, ClassVar, Optional
 import torch
 from torch import nn
 
+from crs.data.batching import pad
 from crs.errors import ConfigError, check_positive_ints
 from crs.interfaces import BuildDeps, ExternalEncoder, Port
 from crs.nn.pooling import masked_mean
@@ -245,14 +246,8 @@ class MeseItemEncoder(ExternalEncoder):
 
     def _padded(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         device = self.select_projection.weight.device
-        width = max(len(r) for r in rows)
-        pad = int(self.tokenizer.pad_token_id or 0)
-        ids = torch.full((len(rows), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for r, row in enumerate(rows):
-            ids[r, :len(row)] = torch.tensor(row, dtype=torch.long)
-            mask[r, :len(row)] = 1
-        return ids.to(device), mask.to(device)
+        ids, mask = pad(rows, int(self.tokenizer.pad_token_id or 0))
+        return ids.to(device), mask.long().to(device)
 
     @staticmethod
     def pool(encoder: nn.Module, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -87,28 +87,36 @@ class SpecialIds:
     eot: list[int]  # the ids that end a turn (one for chat; what the tokenizer makes of "\n\n\n" for official)
 
 
+#: The tiny description shipped with crs (2 layers, 32 wide): what tests and the component contract run.
+TINY_NODE = {"source": "package:crs.tiny_models.causal_lm", "random_init": True, "gguf_file": None, "max_tokens": 64}
+
+
 @dataclass
 class PLMContext:
     """What the recommender and generator continue from (one per forward; read-only for them)."""
 
-    model: Any  # the causal LM (owned by the mese_plm slot)
-    tokenizer: Any
-    special: SpecialIds
     prefix: CachedPrefix  # D including the final header and [REC]
     decision_logits: torch.Tensor  # (B, V): next-token logits one position before [REC]
-    encoder: "MesePLM"  # for embedding tokens and items the same way D was
+    encoder: "MesePLM"  # the slot: its causal LM, tokenizer and special ids; embeds tokens and items as D was
 
     @property
-    def rec_position(self) -> torch.Tensor:
-        """Long (B,): the position id of the final [REC]."""
-        return self.prefix.positions[:, -1]
+    def model(self) -> Any:
+        """The causal LM (owned by the mese_plm slot)."""
+        return self.encoder.model
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.encoder.tokenizer
+
+    @property
+    def special(self) -> SpecialIds:
+        return self.encoder.special
 
 
 class MesePLM(ContextEncoder):
     """The dialogue (tokens and ITEs) through a causal LM; D_R and the cache for the other MESE slots."""
 
-    contract_node: ClassVar[dict] = {"source": "package:crs.tiny_models.causal_lm", "random_init": True,
-                                     "gguf_file": None, "max_tokens": 64}
+    contract_node: ClassVar[dict] = dict(TINY_NODE)
 
     @dataclass
     class Config:
@@ -285,15 +293,13 @@ class MesePLM(ContextEncoder):
     # ----------------------------------------------------------------- forward
     def forward(self, inputs: dict[str, Any]) -> dict[str, Any]:
         item_index, item_embeds = inputs.get("item_index"), inputs.get("item_embeds")
-        if item_embeds is None:
-            item_index = None
         # no item encoder wired: no ITE can be filled in, so D is built as without context items
         with_items = self.config.context_items and item_embeds is not None
         rows = [self.dialogue_sequence(turns, with_items) for turns in inputs["context_turns"]]
         embeds, mask = self.embed(rows, item_index, item_embeds)
         hidden, prefix = run_prefix(self.model, embeds, mask)
         decision = self.model.get_output_embeddings()(hidden[:, -2])
-        context = PLMContext(self.model, self.tokenizer, self.special, prefix, decision, self)
+        context = PLMContext(prefix, decision, self)
         return {"rec_query": hidden[:, -1], "plm_context": context}
 
 
@@ -314,10 +320,6 @@ def item_rows(item_index: torch.Tensor | None, item_embeds: torch.Tensor | None,
         raise ConfigError(path, f"items {missing[:5]} of the dialogue were not encoded in this pass",
                           "the item encoder must encode every context item (mese_item_encoder does)")
     return lookup.to(item_embeds.device)
-
-
-#: The tiny description shipped with crs (2 layers, 32 wide): what tests and the component contract run.
-TINY_NODE = {"source": "package:crs.tiny_models.causal_lm", "random_init": True, "gguf_file": None, "max_tokens": 64}
 
 
 def contract_upstream(deps: BuildDeps, batch: dict, select_dim: int = 6) -> dict[str, Any]:
