@@ -174,6 +174,26 @@ def test_second_order_gradients_flow_through_the_relation_attention():
     assert meta_grad.abs().sum() > 0
 
 
+def test_a_batch_without_entities_takes_a_second_order_step_over_the_user_embeddings():
+    # torch has no double backward of an empty embedding lookup: a MAML support batch that mentions no entity,
+    # with Emb_u adapted (the words' reading of the inner parameters), crashed the meta-step in epoch 5 of a run
+    encoder = make_encoder()
+    params = dict(encoder.named_parameters())
+    index = torch.zeros(2, 3, dtype=torch.long)
+    inputs = {"user": torch.tensor([1, 2]), "index": index, "mask": index != 0}
+
+    def loss(user_weight):
+        out = torch.func.functional_call(encoder, {**params, "user_embeddings.weight": user_weight}, (inputs,))
+        return out["states"].pow(2).sum() + out["nodes"].pow(2).sum() + user_weight.pow(2).sum()
+
+    weight = params["user_embeddings.weight"]
+    (grad,) = torch.autograd.grad(loss(weight), weight, create_graph=True)
+    outer = loss(weight - 0.1 * grad)
+    (meta_grad,) = torch.autograd.grad(outer, weight)
+    assert torch.allclose(meta_grad, 2 * (1 - 0.2) * weight * (1 - 0.2))  # only the L2 term sees Emb_u
+    assert run_encoder(encoder, [1, 2], [[0, 0, 0], [0, 0, 0]])["states"].abs().sum() == 0
+
+
 def test_max_neighbors_keeps_a_fixed_sample_of_in_edges():
     encoder = make_encoder(max_neighbors=1)
     degrees = encoder._csr().degree(torch.arange(6))

@@ -238,7 +238,11 @@ class UserRelationAttention(ExternalEncoder):
         rows = users.unsqueeze(1).expand_as(index)[mask]
         keys = rows * self.num_nodes + index[mask]
         pairs, position = torch.unique(keys, return_inverse=True)
-        pair_states = self.user_states(h, pairs // self.num_nodes, pairs % self.num_nodes)
+        if len(pairs):
+            pair_states = self.user_states(h, pairs // self.num_nodes, pairs % self.num_nodes)
+        else:  # no entity in the whole batch: an empty user lookup has no double backward in torch (2.13:
+            # "cannot reshape tensor of 0 elements"), which a second-order inner step over Emb_u would need
+            pair_states = h.new_zeros(0, h.shape[-1])
         states = h.new_zeros(*index.shape, h.shape[-1])
         states = states.index_put((mask.nonzero(as_tuple=True)), pair_states.index_select(0, position))
         neutral = self._layer(self.layers[-1], h, self.neutral_nodes)
