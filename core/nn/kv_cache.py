@@ -86,7 +86,11 @@ class CachedPrefix:
                             self.mask[:, :length], self.positions[:, :length])
 
     def cache(self) -> Any:
-        """A fresh transformers ``DynamicCache`` holding these keys and values."""
+        """A fresh transformers ``DynamicCache`` holding these keys and values.
+
+        Needs transformers >= 4.50, the first release whose ``DynamicCache`` fills itself from a list of
+        (keys, values) pairs; before it the list lands in the deprecated ``num_hidden_layers`` argument and
+        the cache starts empty, so blocks run without the prefix and give wrong states, with no error."""
         from transformers import DynamicCache
 
         return DynamicCache([(k, v) for k, v in self.keys_values])
