@@ -108,12 +108,10 @@ class BuildDeps:
         return self.graphs[name]
 
     def texts(self, name: str, key: str = "source") -> "ItemTexts":
-        if name not in self.item_texts:
-            have = ", ".join(sorted(self.item_texts)) or "(no item texts in `knowledge:`)"
-            raise ConfigError(f"{self.path}.{key}", f"no item-text source named '{name}'",
-                              f"name one of: {have}; or add `{name}` under `knowledge:` (the redial and inspired "
-                              "corpus bundles have reviews and metadata)")
-        return self.item_texts[name]
+        """The item-text source `name`; a ConfigError at `path.key` when `knowledge:` has none by that name."""
+        from .knowledge import item_texts_named
+
+        return item_texts_named(self.item_texts, name, f"{self.path}.{key}")
 
     def shared_module(self, name: str, key: str, base: type | None = None) -> Any:
         """A :class:`crs.shared.SharedRef` to the `shared:` module `name` (named by config key `key`).

@@ -9,11 +9,11 @@ every item has a node index.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from .errors import ConfigError, DataError
+from .errors import ConfigError, DataError, did_you_mean
 
 ENTITY = "entity"  # nodes are items and related entities (DBpedia, demo KG)
 WORD = "word"  # nodes are words (ConceptNet)
@@ -61,6 +61,18 @@ class ItemTexts:
     kind: str  # "review" | "metadata" | ...
     texts: dict[str, list[str]]
     label: str = ""
+
+
+def item_texts_named(item_texts: Mapping[str, Any], name: str, key: str) -> Any:
+    """``item_texts[name]``, the item-text source `name` (a ``knowledge:`` name); when there is none by that name, a
+    ConfigError at `key` naming the closest one, the ones there are, and how to add one."""
+    if name not in item_texts:
+        have = (", ".join(sorted(item_texts))
+                or "(none: add one under `knowledge:`, e.g. reviews: {type: revcore_reviews})")
+        raise ConfigError(key, f"no item-text source named '{name}' in `knowledge:`{did_you_mean(name, item_texts)}",
+                          f"name one of: {have}; or add `{name}` under `knowledge:` (the `redial` and `inspired` "
+                          "corpus bundles have reviews and metadata)")
+    return item_texts[name]
 
 
 @dataclass

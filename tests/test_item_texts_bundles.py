@@ -121,6 +121,9 @@ def test_a_missing_source_names_the_key_and_the_fix():
         deps.texts("reviews", key="sources.0")
     assert "model.review_encoder.sources.0" in str(err.value) and "fix: name one of: metadata" in str(err.value)
     assert "add `reviews` under `knowledge:`" in str(err.value)
+    with pytest.raises(ConfigError) as by_samples:  # `samples:` and components say it in the same words
+        prepare.item_text_sources(["reviews"], {"metadata": TEXTS["metadata"]}, "samples.vocab_item_texts")
+    assert (by_samples.value.problem, by_samples.value.fix) == (err.value.problem, err.value.fix)
     with pytest.raises(ConfigError) as err:
         prepare.item_text_sources(["metadata", "reveiws"], TEXTS, "samples.vocab_item_texts")
     message = str(err.value)

@@ -12,9 +12,9 @@ from typing import Sequence
 
 import torch
 
-from ..errors import ConfigError, DataError, check_choice, did_you_mean
+from ..errors import ConfigError, DataError, check_choice
 from ..interfaces import ItemIndex
-from ..knowledge import IndexedGraph, ItemTexts
+from ..knowledge import IndexedGraph, ItemTexts, item_texts_named
 from .schema import Conversation, Corpus
 from .vocab import ITEM_PREFIX, Vocabulary, tokenize
 
@@ -162,14 +162,7 @@ def build_vocab(corpus: Corpus, min_freq: int, items: ItemIndex,
 
 def item_text_sources(names: Sequence[str], item_texts: dict[str, ItemTexts], key: str) -> list[ItemTexts]:
     """The item-text sources `names` (knowledge names) names; a ConfigError at `key`.i for one that is not loaded."""
-    have = ", ".join(sorted(item_texts)) or "(none: add one under `knowledge:`, e.g. reviews: {type: revcore_reviews})"
-    for i, name in enumerate(names):
-        if name not in item_texts:
-            raise ConfigError(f"{key}.{i}", f"no item-text source named '{name}' in `knowledge:`"
-                              f"{did_you_mean(name, item_texts)}",
-                              f"name one of: {have}; or add `{name}` under `knowledge:` (the `redial` and "
-                              "`inspired` corpus bundles have reviews and metadata)")
-    return [item_texts[name] for name in names]
+    return [item_texts_named(item_texts, name, f"{key}.{i}") for i, name in enumerate(names)]
 
 
 def build_user_index(corpus: Corpus) -> dict[str, int]:
