@@ -168,21 +168,27 @@ class F1(Metric):
         return {"gen.f1": self._sum / self._count if self._count else NAN}
 
 
-class ItemRatio(Metric):
-    """Share of generated replies that mention at least one item placeholder token (``@<id>``);
-    KGSF 5.1.3 uses the item ratio to reward informative replies.  Key ``gen.item_ratio``."""
+@dataclass
+class ItemTokenConfig:
+    prefix: str = "@"  # tokens starting with this are item placeholders
+
+
+class ItemTokenMetric(Metric):
+    """A ``gen`` metric over the item placeholder tokens (``@<id>``) of replies: the ``prefix`` key, never empty."""
 
     task = "gen"
+    Config = ItemTokenConfig
 
-    @dataclass
-    class Config:
-        prefix: str = "@"  # tokens starting with this are item placeholders
-
-    def __init__(self, config: "ItemRatio.Config", deps: BuildDeps):
+    def __init__(self, config: ItemTokenConfig, deps: BuildDeps):
         super().__init__(config, deps)
         if not config.prefix:
             raise ConfigError(f"{deps.path}.prefix", "the item-token prefix is empty", "use `prefix: '@'`")
         self.reset()
+
+
+class ItemRatio(ItemTokenMetric):
+    """Share of generated replies that mention at least one item placeholder token (``@<id>``);
+    KGSF 5.1.3 uses the item ratio to reward informative replies.  Key ``gen.item_ratio``."""
 
     def reset(self) -> None:
         self._with_item, self._count = 0, 0
@@ -196,7 +202,7 @@ class ItemRatio(Metric):
         return {"gen.item_ratio": self._with_item / self._count if self._count else NAN}
 
 
-class RecommendationRate(Metric):
+class RecommendationRate(ItemTokenMetric):
     """ReR (MESE §4.3): share of generated replies that mention an item of the turn's targets.
 
     The targets of a reply are the item tokens (``@<id>``) of its reference reply (the items the
@@ -206,18 +212,9 @@ class RecommendationRate(Metric):
     whole catalogue would otherwise always hit); ``first_only: false`` counts any of them.
     """
 
-    task = "gen"
-
     @dataclass
-    class Config:
-        prefix: str = "@"  # tokens starting with this are item placeholders
+    class Config(ItemTokenConfig):
         first_only: bool = True  # official: only the first item token of a reply is checked
-
-    def __init__(self, config: "RecommendationRate.Config", deps: BuildDeps):
-        super().__init__(config, deps)
-        if not config.prefix:
-            raise ConfigError(f"{deps.path}.prefix", "the item-token prefix is empty", "use `prefix: '@'`")
-        self.reset()
 
     def reset(self) -> None:
         self._hits, self._count, self._rec_turns = 0, 0, 0
