@@ -24,6 +24,10 @@ def _checked(config: DemoConfig, path: str) -> DemoConfig:
     if isinstance(memory, bool) or not isinstance(memory, (int, float)) or not 0.0 <= memory <= 1e6:
         raise ConfigError(f"{path}.taste_memory", f"{memory!r} is out of range",
                           "use a number in [0, 1000000] (0: the recommender goes by what was said only)")
+    share = config.favourite_person_share
+    if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0.0 <= share <= 1.0:
+        raise ConfigError(f"{path}.favourite_person_share", f"{share!r} is out of range",
+                          "use a number in [0, 1] (the share of users with a favourite person)")
     if config.disjoint_test_users and (config.n_users < 2 or config.n_test < 2):
         raise ConfigError(f"{path}.disjoint_test_users",
                           f"test users apart from train users need n_users >= 2 and n_test >= 2 "

@@ -34,6 +34,8 @@ class DemoConfig:
     # the taste weighs 1 + taste_memory times its popularity. 0: it goes by what was said only, so a user's other
     # conversations tell nothing the context does not; > 0 gives per-user adaptation something to find
     taste_memory: float = 0.0
+    # the share of users with a favourite person (the rest have favourite genres only); the default corpus keeps 0.5
+    favourite_person_share: float = 0.5
 
 
 def _world(config: DemoConfig):
@@ -45,7 +47,7 @@ def _corpus(key: tuple) -> Corpus:
     config = DemoConfig(*key)
     world = _world(config)
     rng = random.Random(f"demo-dialogues-{config.seed}")
-    tastes = make_tastes(rng, world, config.n_users)
+    tastes = make_tastes(rng, world, config.n_users, config.favourite_person_share)
     writer = DialogueWriter(world, rng, taste_memory=config.taste_memory)
     conversations = []
     total = config.n_train + config.n_valid + config.n_test

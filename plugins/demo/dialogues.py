@@ -35,13 +35,14 @@ class _State:
     people: list[int] = field(default_factory=list)  # people the seeker named
 
 
-def make_tastes(rng: random.Random, world: World, n_users: int) -> list[Taste]:
+def make_tastes(rng: random.Random, world: World, n_users: int, person_share: float = 0.5) -> list[Taste]:
+    """Each user's genres and, for about `person_share` of them, a favourite person of those genres."""
     tastes = []
     for _ in range(n_users):
         genres = tuple(rng.sample(range(len(lx.GENRES)), rng.choice((1, 2, 2))))
         in_genre = sorted({p for g in genres for m in world.movies_by_genre.get(g, [])
                            for p in world.movies[m].people if len(world.movies_by_person[p]) >= 2})
-        person = rng.choice(in_genre) if in_genre and rng.random() < 0.5 else None
+        person = rng.choice(in_genre) if in_genre and rng.random() < person_share else None
         tastes.append(Taste(genres, person))
     return tastes
 
