@@ -17,7 +17,10 @@ fi
 lint=0
 .venv/bin/ruff check . || lint=$?  # rules and exclusions: [tool.ruff] in pyproject.toml
 tests=0
-.venv/bin/python -m pytest -q "$@" || tests=$?
+# Two pytest-xdist workers: every test runs torch on one thread (tests/conftest.py), so a 2-core machine runs two
+# at once. The longest tests come first (tests/conftest.py) and `--dist load` deals the first ones out in turn,
+# so the minutes-long runs start on both workers at once. CRS_TEST_WORKERS=0 runs serially.
+.venv/bin/python -m pytest -q -n "${CRS_TEST_WORKERS:-2}" --dist load "$@" || tests=$?
 if [ "$lint" -ne 0 ] && [ "$tests" -eq 0 ]; then
     echo "ruff check . failed (see above); the tests passed" >&2
 fi

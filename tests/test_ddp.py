@@ -162,7 +162,7 @@ def _assert_curves_match(one: dict, ddp: dict) -> None:
                     assert b["valid"][key] == pytest.approx(value, abs=2 / 345), (stage, key)
 
 
-@pytest.mark.slow
+@pytest.mark.slow(minutes=1.8)  # alone on 2 cores; the longest tests start first (conftest.py)
 @pytest.mark.skipif(sys.platform != "linux", reason="finds torchrun's workers through /proc")
 def test_two_gloo_processes_match_one_process_write_once_and_resume_after_a_kill(tmp_path: Path) -> None:
     one, ddp, killed_dir = tmp_path / "one", tmp_path / "ddp", tmp_path / "killed"

@@ -181,7 +181,7 @@ def _crs_run(run_dir: Path, *extra: str) -> subprocess.Popen:
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-@pytest.mark.slow
+@pytest.mark.slow(minutes=2.2)  # alone on 2 cores; the longest tests start first (conftest.py)
 def test_killed_run_resumes_to_the_same_final_metrics(tmp_path):
     whole = _crs_run(tmp_path / "whole")
     out, _ = whole.communicate(timeout=600)

