@@ -439,10 +439,16 @@ def test_bad_demo_user_settings_are_config_errors(key, value, match):
         DemoDataset(config, BuildDeps(path="data"))
 
 
-TINY_DEMO_USERS = ["data=demo-users", "data.n_items=60", "data.n_people=30", "data.n_users=24", "data.n_train=120",
-                   "data.n_valid=20", "data.n_test=36"] + [
-    f"knowledge.{source}.{key}={value}" for source in ("entity_kg", "reviews", "metadata")
-    for key, value in (("n_items", 60), ("n_people", 30))]  # the knowledge must describe the same small world
+def demo_users_world(**sizes: int) -> list[str]:
+    """Overrides for a demo-users corpus of `sizes` (n_items, n_people, n_users, n_train, n_valid, n_test); its
+    knowledge sources get the same n_items and n_people, since they must describe the same world."""
+    world = {key: sizes[key] for key in ("n_items", "n_people")}
+    return ["data=demo-users", *(f"data.{key}={value}" for key, value in sizes.items())] + [
+        f"knowledge.{source}.{key}={value}" for source in ("entity_kg", "reviews", "metadata")
+        for key, value in world.items()]
+
+
+TINY_DEMO_USERS = demo_users_world(n_items=60, n_people=30, n_users=24, n_train=120, n_valid=20, n_test=36)
 
 
 @pytest.mark.slow
@@ -509,10 +515,7 @@ def test_test_support_to_train_refuses_a_protocol_that_scores_the_support():
 
 # A mid-sized demo-users world: 15 test users with 6-7 conversations each (the tiny one above has 5 users and
 # 49 query samples, too few to tell adaptation from noise).
-MID_DEMO_USERS = ["data=demo-users", "data.n_items=150", "data.n_people=75", "data.n_users=100", "data.n_train=500",
-                  "data.n_valid=60", "data.n_test=100"] + [
-    f"knowledge.{source}.{key}={value}" for source in ("entity_kg", "reviews", "metadata")
-    for key, value in (("n_items", 150), ("n_people", 75))]
+MID_DEMO_USERS = demo_users_world(n_items=150, n_people=75, n_users=100, n_train=500, n_valid=60, n_test=100)
 
 
 @pytest.mark.slow(minutes=1.5)  # alone on 2 cores; the longest tests start first (conftest.py)
