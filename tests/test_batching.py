@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from crs.data import samples as samples_module
-from crs.data.batching import collate, iterate_batches
+from crs.data.batching import LENGTH_POOL_BATCHES, batch_chunks, collate, iterate_batches, padded_size
 from crs.data.fields import BUILTIN_FIELDS, Field, batch_keys, check_fields
 from crs.data.samples import Sample
 
@@ -105,3 +105,52 @@ def test_iterate_batches_is_deterministic_and_complete():
     assert sizes == [3, 3, 3, 1]
     with pytest.raises(ValueError):
         list(iterate_batches(samples, 0, shuffle=False, seed=0))
+
+
+def test_padded_size_counts_the_real_positions_of_every_padded_field():
+    extra = (Field("spans", "pad", "test spans"), Field("score", "float", "test score"))
+    sample = _sample(4, context_words=[9, 9])
+    sample.features.update(spans=[1, 2, 3], score=0.5)
+    batch = collate([sample], extra)
+    real = sum(int(value.sum()) for key, value in batch.items() if key.endswith("_mask"))
+    assert padded_size(sample, extra) == real == padded_size(sample) + 3  # a float field pads nothing
+    assert real >= 4 + 2 + 3  # context tokens, words and reply are among them
+
+
+def test_grouping_by_length_keeps_every_sample_once_and_batches_similar_lengths():
+    import random
+    rng = random.Random(3)
+    lengths = [rng.randint(1, 200) for _ in range(1000)]
+    samples = list(range(len(lengths)))
+    def grouped(seed):
+        return list(batch_chunks(samples, 8, shuffle=True, seed=seed, size_of=lengths.__getitem__))
+    batches = grouped(1)
+    assert grouped(1) == batches and grouped(2) != batches  # the seed fixes the order
+    assert sorted(x for b in batches for x in b) == samples
+    assert len(batches) == 125 and {len(b) for b in batches} == {8}  # pools of 400: no short batch
+    def fill(batch_list):  # share of a padded batch that is real
+        return sum(sum(lengths[x] for x in b) / (len(b) * max(lengths[x] for x in b)) for b in batch_list) \
+            / len(batch_list)
+    random_batches = list(batch_chunks(samples, 8, shuffle=True, seed=1))
+    assert fill(random_batches) < 0.7 < 0.95 < fill(batches)
+    # Each batch comes from one pool of LENGTH_POOL_BATCHES batches of the shuffled epoch, not from the whole
+    # sorted epoch: the shortest and the longest lengths still end up in several batches each.
+    order = list(range(len(samples)))
+    random.Random(1).shuffle(order)
+    pool_of = {x: i // (8 * LENGTH_POOL_BATCHES) for i, x in enumerate(order)}
+    assert all(len({pool_of[x] for x in b}) == 1 for b in batches)
+    # the batch order is shuffled, not sorted by length
+    maxima = [max(lengths[x] for x in b) for b in batches]
+    assert maxima != sorted(maxima) and maxima != sorted(maxima, reverse=True)
+
+
+def test_grouping_leaves_a_short_last_batch_of_a_pool_and_no_other():
+    samples = list(range(8 * LENGTH_POOL_BATCHES + 5))  # one full pool, then a pool of 5
+    batches = list(batch_chunks(samples, 8, shuffle=True, seed=0, size_of=lambda x: x % 13))
+    assert sorted(len(b) for b in batches) == [5] + [8] * LENGTH_POOL_BATCHES
+
+
+def test_grouping_needs_shuffling_to_change_anything():
+    samples = list(range(20))
+    assert list(batch_chunks(samples, 6, shuffle=False, seed=0, size_of=lambda x: -x)) == \
+        list(batch_chunks(samples, 6, shuffle=False, seed=0))

@@ -24,14 +24,17 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 # ------------------------------------------------------------------ sharding (fast)
+@pytest.mark.parametrize("grouped", [False, True], ids=["random", "grouped-by-length"])
 @pytest.mark.parametrize("n, batch_size, world", [(215, 16, 2), (17, 8, 3), (5, 4, 2), (3, 8, 4)])
-def test_shards_of_each_rank_make_up_the_single_process_batches(n: int, batch_size: int, world: int,
+def test_shards_of_each_rank_make_up_the_single_process_batches(n: int, batch_size: int, world: int, grouped: bool,
                                                                  monkeypatch) -> None:
     from crs.data import batching
 
     monkeypatch.setattr(batching, "collate", lambda samples, extra_fields=(): list(samples))  # keep the order only
-    single = list(batching.iterate_batches(list(range(n)), batch_size, shuffle=True, seed=11))
-    per_rank = [list(shard_batches(list(range(n)), batch_size, shuffle=True, seed=11, rank=r, world_size=world))
+    size_of = (lambda x: (x * 37) % 101) if grouped else None
+    single = list(batching.batch_chunks(list(range(n)), batch_size, shuffle=True, seed=11, size_of=size_of))
+    per_rank = [list(shard_batches(list(range(n)), batch_size, shuffle=True, seed=11, rank=r, world_size=world,
+                                   size_of=size_of))
                 for r in range(world)]
     assert {len(shards) for shards in per_rank} == {len(single)}  # every rank takes one step per global batch
     for step, expected in enumerate(single):

@@ -96,7 +96,7 @@ class FakePipeline:
         assert task == "conv"
         return [s for s in self.samples[split] if len(s.response_tokens) > 2]
 
-    def batches(self, samples, batch_size, *, shuffle, seed):
+    def batches(self, samples, batch_size, *, shuffle, seed, group_by_length=False):
         assert not shuffle
         for start in range(0, len(samples), batch_size):
             chunk = samples[start:start + batch_size]

@@ -81,7 +81,7 @@ class MetaPipeline:
     def task_samples(self, split: str, task: str) -> list[Point]:
         return list(self.samples[split])
 
-    def batches(self, samples: list[Point], batch_size: int, *, shuffle: bool, seed: int):
+    def batches(self, samples: list[Point], batch_size: int, *, shuffle: bool, seed: int, group_by_length=False):
         order = list(samples)
         if shuffle:
             random.Random(seed).shuffle(order)

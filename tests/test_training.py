@@ -95,7 +95,7 @@ class ToyPipeline:
     def task_samples(self, split: str, task: str) -> list[ToySample]:
         return list(self.samples[split])
 
-    def batches(self, samples, batch_size, *, shuffle: bool, seed: int):
+    def batches(self, samples, batch_size, *, shuffle: bool, seed: int, group_by_length=False):
         order = list(range(len(samples)))
         if shuffle:
             random.Random(seed).shuffle(order)

@@ -40,6 +40,26 @@ def test_encoder_shapes_zero_padding_and_truncation():
     assert torch.allclose(states[1], alone[0], atol=1e-5)
 
 
+def test_encoder_states_and_gradients_do_not_depend_on_the_batchs_padding():
+    """The layers run on packed real tokens: a row encoded in a padded batch equals it encoded alone."""
+    encoder = TransformerEncoder(60, dim=16, heads=4, layers=2, ffn_dim=32, dropout=0.0).eval()
+    lengths = [5, 1, 9, 0, 3]
+    tokens = torch.zeros(len(lengths), 9, dtype=torch.long)
+    for row, n in enumerate(lengths):
+        tokens[row, :n] = torch.randint(1, 60, (n,))
+    states, mask = encoder(tokens)
+    (states * torch.randn_like(states)).sum().backward()  # gradients flow through the scatter and the gathers
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in encoder.parameters())
+    for row, n in enumerate(lengths):
+        assert states[row, n:].abs().sum() == 0
+        if n:
+            alone, _ = encoder(tokens[row:row + 1, :n])
+            assert torch.allclose(states[row, :n], alone[0], atol=1e-5)
+    # a batch of one padded row: the padding is ignored, not attended to
+    padded, _ = encoder(torch.cat([tokens[2:3], torch.zeros(1, 4, dtype=torch.long)], dim=1))
+    assert torch.allclose(padded[0, :9], states[2], atol=1e-5)
+
+
 def test_safe_attention_all_padding_memory_gives_zero_output_and_finite_gradients():
     attention = SafeAttention(8, 2, dropout=0.0)
     query = torch.randn(2, 3, 8, requires_grad=True)

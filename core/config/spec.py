@@ -69,6 +69,9 @@ class StageSpec:
     validate: bool = True  # evaluate on the valid split after each epoch
     accumulate: int = 1  # batches per optimizer step (gradient accumulation)
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast for the training forward (fp16 adds a GradScaler)
+    # batches of samples of similar padded length (crs.data.batching.batch_chunks): less padding, but batches
+    # less mixed (it cost generation quality on the demo corpus: BENCHMARKS.md section 1); no preset uses it
+    group_by_length: bool = False
 
 
 @dataclass

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError, check_positive_ints
+from .dropout import Dropout
 
 Memory = tuple[torch.Tensor, torch.Tensor]  # (states (B, M, D), mask (B, M) bool, True = real)
 
@@ -101,12 +102,7 @@ class SafeAttention(nn.Module):
         k, v = self.key_value(keys).chunk(2, dim=-1)
         if key_mask is None:
             return ProjectedMemory(self._split(k), self._split(v), None, None)
-        key_mask = key_mask.bool()
-        empty = ~key_mask.any(dim=1)
-        if keys.size(1) > 0 and bool(empty.any()):
-            key_mask = key_mask.clone()
-            key_mask[empty, 0] = True  # a defined softmax for empty rows; their output is zeroed in forward
-        return ProjectedMemory(self._split(k), self._split(v), key_mask[:, None, None, :], empty)
+        return ProjectedMemory(self._split(k), self._split(v), *_allowed_keys(key_mask))
 
     def forward(self, query: torch.Tensor, keys: torch.Tensor | None = None, key_mask: torch.Tensor | None = None,
                 *, causal: bool = False, projected: ProjectedMemory | None = None) -> torch.Tensor:
@@ -131,11 +127,47 @@ class SafeAttention(nn.Module):
             out = out.masked_fill(projected.empty[:, None, None], 0.0)
         return out
 
+    def packed_self_attention(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Self-attention of packed tokens: `x` (N, D) holds the real positions of `mask` (B, L), row-major.
+
+        The projections run on the N real tokens only; the (B, L) layout is rebuilt just for the
+        attention product, so padding costs nothing outside it (see :class:`TransformerEncoder`).
+        Returns (N, D). Rows without a real token have no output, so no row needs zeroing.
+        """
+        q = self.query(x)
+        k, v = self.key_value(x).chunk(2, dim=-1)
+        q, k, v = (self._split(scatter_rows(t, mask)) for t in (q, k, v))
+        allowed, _ = _allowed_keys(mask)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed,
+                                             dropout_p=self.dropout if self.training else 0.0)
+        return self.out(out.transpose(1, 2).flatten(2)[mask])
+
+
+def _allowed_keys(key_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(attention mask (B, 1, 1, M), True = may be attended; rows whose keys are all padding (B,)).
+
+    An all-padding row would make the softmax NaN: it may attend to its first key instead, and
+    callers zero (or drop) that row's output.
+    """
+    key_mask = key_mask.bool()
+    empty = ~key_mask.any(dim=1)
+    if key_mask.size(1) > 0 and bool(empty.any()):
+        key_mask = key_mask.clone()
+        key_mask[empty, 0] = True
+    return key_mask[:, None, None, :], empty
+
+
+def scatter_rows(packed: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(B, L, D): the rows of `packed` (N, D) at the True positions of `mask` (B, L), row-major; zeros elsewhere."""
+    out = packed.new_zeros(*mask.shape, packed.size(-1))
+    out[mask] = packed
+    return out
+
 
 class FeedForward(nn.Module):
     def __init__(self, dim: int, ffn_dim: int, dropout: float):
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(dim, ffn_dim), nn.ReLU(), nn.Dropout(dropout), nn.Linear(ffn_dim, dim))
+        self.net = nn.Sequential(nn.Linear(dim, ffn_dim), nn.ReLU(), Dropout(dropout), nn.Linear(ffn_dim, dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -147,12 +179,12 @@ class EncoderLayer(nn.Module):
         self.self_attn = SafeAttention(dim, heads, attention_dropout)
         self.ffn = FeedForward(dim, ffn_dim, dropout)
         self.norm_attn, self.norm_ffn = nn.LayerNorm(dim), nn.LayerNorm(dim)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        x = self.norm_attn(x + self.dropout(self.self_attn(x, x, mask)))
-        x = self.norm_ffn(x + self.dropout(self.ffn(x)))
-        return x * mask.unsqueeze(-1)  # keep padded positions at exactly zero
+        """`x` (N, D): the packed real tokens of `mask` (B, L) (:class:`TransformerEncoder`); returns (N, D)."""
+        x = self.norm_attn(x + self.dropout(self.self_attn.packed_self_attention(x, mask)))
+        return self.norm_ffn(x + self.dropout(self.ffn(x)))
 
 
 def _embedding(vocab_or_embedding: int | nn.Embedding | Any, dim: int) -> nn.Embedding | Any:
@@ -189,12 +221,15 @@ class _Embedder(nn.Module):
     def __init__(self, embedding: nn.Embedding, dim: int, dropout: float):
         super().__init__()
         self.embedding, self.dim = embedding, dim
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        x = self.embedding(tokens) * math.sqrt(self.dim)
-        x = x + sinusoidal_positions(tokens.size(1), self.dim, tokens.device).unsqueeze(0)
-        return self.dropout(x)
+    def forward(self, tokens: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, L, D) for `tokens` (B, L); with `mask` (B, L), (N, D) for its N True positions only (row-major)."""
+        positions = sinusoidal_positions(tokens.size(1), self.dim, tokens.device)
+        if mask is None:
+            return self.dropout(self.embedding(tokens) * math.sqrt(self.dim) + positions.unsqueeze(0))
+        columns = mask.nonzero(as_tuple=True)[1]
+        return self.dropout(self.embedding(tokens[mask]) * math.sqrt(self.dim) + positions[columns])
 
 
 class TransformerEncoder(nn.Module):
@@ -203,6 +238,12 @@ class TransformerEncoder(nn.Module):
     ``TransformerEncoder(vocab_size_or_embedding, dim, heads, layers, ffn_dim, dropout, max_len)``;
     ``forward(tokens (B, L), mask=None) -> (states (B, L', D), mask (B, L'))`` where L' = min(L, max_len)
     (each row keeps its last max_len real tokens, left-aligned).  Padded positions of ``states`` are zero.
+
+    The layers run on the packed real tokens, (N, D) with N = ``mask.sum()``: embedding, projections,
+    feed-forward, LayerNorm and dropout are position-wise, so padding changes none of their values,
+    and only the attention product needs the (B, L) layout.  Dialogue contexts vary in length: in the
+    demo corpus a random batch's contexts fill 47% of its padded width, and the encoder used to spend
+    the rest on padding (BENCHMARKS.md, section 1).
     """
 
     def __init__(self, vocab_or_embedding: int | nn.Embedding, dim: int, heads: int, layers: int,
@@ -220,10 +261,10 @@ class TransformerEncoder(nn.Module):
         mask = mask.bool()
         if tokens.size(1) > self.max_len:
             tokens, mask = keep_last(tokens, mask, self.max_len)
-        x = self.embed(tokens) * mask.unsqueeze(-1)
+        x = self.embed(tokens, mask)
         for layer in self.layers:
             x = layer(x, mask)
-        return x, mask
+        return scatter_rows(x, mask), mask
 
 
 class DecoderLayer(nn.Module):
@@ -244,7 +285,7 @@ class DecoderLayer(nn.Module):
         self.norm_cross = nn.ModuleDict({name: nn.LayerNorm(dim) for name in self.sources})
         self.ffn = FeedForward(dim, ffn_dim, dropout)
         self.norm_ffn = nn.LayerNorm(dim)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def prepare(self, memories: Mapping[str, Memory]) -> dict[str, ProjectedMemory]:
         missing = [name for name in self.sources if name not in memories]

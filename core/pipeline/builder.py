@@ -89,11 +89,13 @@ class Pipeline:
             return dialogue_samples(samples)
         raise ConfigError("stages.task", f"unknown task '{task}'", "use rec, conv, all or dialogue")
 
-    def batches(self, samples: list, batch_size: int, *, shuffle: bool, seed: int) -> Iterator[dict]:
+    def batches(self, samples: list, batch_size: int, *, shuffle: bool, seed: int,
+                group_by_length: bool = False) -> Iterator[dict]:
         from ..data.batching import iterate_batches
 
         device = self.device
-        for batch in iterate_batches(samples, batch_size, shuffle=shuffle, seed=seed, extra_fields=self.fields):
+        for batch in iterate_batches(samples, batch_size, shuffle=shuffle, seed=seed, extra_fields=self.fields,
+                                     group_by_length=group_by_length):
             if device.type != "cpu":
                 batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
             yield batch

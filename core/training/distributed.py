@@ -55,7 +55,7 @@ import math
 import os
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
@@ -193,16 +193,17 @@ class Shard:
 
 
 def shard_batches(samples: Sequence[Any], batch_size: int, *, shuffle: bool, seed: int, rank: int,
-                  world_size: int) -> Iterator[Shard]:
+                  world_size: int, size_of: Callable[[Any], int] | None = None) -> Iterator[Shard]:
     """Rank `rank`'s shards of the global batches that one process would draw from `samples`.
 
-    The global batches are one process's (:func:`crs.data.batching.batch_chunks`); each is cut
-    into `world_size` contiguous parts whose sizes differ by at most one, the larger ones first.
+    The global batches are one process's (:func:`crs.data.batching.batch_chunks`, grouped by
+    `size_of` when given); each is cut into `world_size` contiguous parts whose sizes differ by
+    at most one, the larger ones first.
     Every rank yields one shard per global batch, so all ranks take the same number of steps.
     """
     from ..data.batching import batch_chunks
 
-    for chunk in batch_chunks(samples, batch_size, shuffle=shuffle, seed=seed):
+    for chunk in batch_chunks(samples, batch_size, shuffle=shuffle, seed=seed, size_of=size_of):
         base, extra = divmod(len(chunk), world_size)
         low = rank * base + min(rank, extra)
         mine = chunk[low:low + base + (rank < extra)]

@@ -32,6 +32,7 @@ from typing import Any, Iterator
 
 import torch
 
+from ..data.batching import padded_size
 from ..errors import ConfigError
 from . import distributed
 from .precision import Precision
@@ -105,21 +106,23 @@ class EpochLoop:
         chosen = self.samples if samples is None else samples
         size = int(batch_size or self.stage.batch_size)
         seed = self.seed if salt is None else derived_seed(self.seed, salt)
+        group = bool(getattr(self.stage, "group_by_length", False))
         if self._dist.active:
-            iterator = self._sharded_batches(chosen, size, seed)
+            iterator = self._sharded_batches(chosen, size, seed, group)
         else:
-            iterator = self.pipeline.batches(chosen, size, shuffle=True, seed=seed)
+            iterator = self.pipeline.batches(chosen, size, shuffle=True, seed=seed, group_by_length=group)
         if samples is not None or salt is not None:
             return iterator
         desc = f"{self.stage.name} {self.epoch + 1}/{self.stage.epochs}"
         self._bar = progress_bar(iterator, enabled=self._progress, total=math.ceil(len(chosen) / size), desc=desc)
         return iter(self._bar)
 
-    def _sharded_batches(self, samples: list, size: int, seed: int) -> Iterator[dict]:
+    def _sharded_batches(self, samples: list, size: int, seed: int, group_by_length: bool) -> Iterator[dict]:
         """This rank's shard of each global batch one process would draw (crs.training.distributed)."""
         dist = self._dist
+        size_of = (lambda sample: padded_size(sample, self.pipeline.fields)) if group_by_length else None
         for shard in distributed.shard_batches(samples, size, shuffle=True, seed=seed, rank=dist.rank,
-                                               world_size=dist.world_size):
+                                               world_size=dist.world_size, size_of=size_of):
             for batch in self.pipeline.batches(shard.samples, len(shard.samples), shuffle=False, seed=0):
                 self._shard = (id(batch), shard)  # one batch at a time: the previous one is done with
                 yield batch
