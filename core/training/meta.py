@@ -228,7 +228,7 @@ def maml_step(loop: Any, tasks: Iterable[tuple[Any, Any]], inner: Mapping[str, t
             query_total, parts = task_loss(loop, query, fast)
             total = query_total + losses[0] if support_in_outer and losses else query_total
             if not torch.isfinite(total.detach()).all():
-                raise ConfigError(f"{where}.inner_lr", f"the meta-loss became {float(total)} at "
+                raise ConfigError(f"{where}.inner_lr", f"the meta-loss became {float(total.detach())} at "
                                   f"epoch {loop.epoch + 1}, step {loop.global_step + 1}",
                                   "lower the inner or outer learning rate, or set grad_clip")
             loop.backward(total / len(tasks))

@@ -1,0 +1,876 @@
+"""`crs.training` behaviour the mutation run (TESTING.md) found untested: early stopping's exact refusals,
+ties and fresh state, the CPU copy of the best state, and the NumPy part of a restored RNG state."""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from crs.errors import ConfigError, UnknownComponentError
+from crs.training.early_stopping import EarlyStopper, check_metric_list, cpu_state_dict
+from crs.training.seeding import capture_rng_state, restore_rng_state
+
+
+def stopper(metric="rec.recall@10", mode="max", patience=2):
+    return EarlyStopper(SimpleNamespace(metric=metric, mode=mode, patience=patience), "stages.1.early_stopping")
+
+
+# ------------------------------------------------------------------ early stopping
+def test_an_empty_or_repeated_metric_list_names_the_key_and_the_fix():
+    with pytest.raises(ConfigError) as err:
+        check_metric_list([], "stages.0.early_stopping")
+    assert str(err.value) == (
+        "config key 'stages.0.early_stopping.metric': the list of metrics is empty\n"
+        "  fix: name a metric (metric: loss) or several to sum (metric: [rec.recall@10, rec.mrr@10])")
+    with pytest.raises(ConfigError) as err:
+        check_metric_list(["loss", "rec.mrr@10", "loss"], "stages.0.early_stopping")
+    assert str(err.value) == ("config key 'stages.0.early_stopping.metric.2': 'loss' is listed twice\n"
+                              "  fix: list each metric once (the values are summed)")
+    check_metric_list("loss", "stages.0.early_stopping")
+    check_metric_list(["loss", "rec.mrr@10"], "stages.0.early_stopping")
+
+
+def test_a_bad_mode_or_patience_names_the_key():
+    with pytest.raises(UnknownComponentError) as err:
+        stopper(mode="maximum")
+    assert str(err.value) == ("config key 'stages.1.early_stopping.mode': unknown early-stopping mode 'maximum'. "
+                              "Did you mean 'max'?\n  fix: use one of: max, min")
+    with pytest.raises(ConfigError) as err:
+        stopper(patience=-1)
+    assert str(err.value) == ("config key 'stages.1.early_stopping.patience': must be >= 0 (0 = never stop, keep "
+                              "the best), got -1")
+    assert stopper(mode="MIN").mode == "min"
+
+
+def test_a_fresh_stopper_has_no_best_and_has_not_stopped():
+    fresh = stopper()
+    assert fresh.state_dict() == {"best": None, "best_epoch": None, "bad_epochs": 0, "stopped": False,
+                                  "best_file": "best.pt"}
+    assert fresh.legacy_best_state is None
+
+
+def test_missing_validation_metrics_are_named_with_what_there_is():
+    with pytest.raises(ConfigError) as err:
+        stopper(metric=["rec.recall@10", "rec.mrr@10", "loss"]).value_of({"loss": 1.0, "gen.bleu-1": 0.2})
+    assert str(err.value) == ("config key 'stages.1.early_stopping.metric': validation produced no the metrics "
+                              "'rec.recall@10', 'rec.mrr@10'\n  fix: use one of: gen.bleu-1, loss")
+    with pytest.raises(ConfigError) as err:
+        stopper().value_of({})
+    assert str(err.value) == ("config key 'stages.1.early_stopping.metric': validation produced no "
+                              "'rec.recall@10'\n  fix: use one of: (none)")
+
+
+@pytest.mark.parametrize("mode,values,best_epoch", [("max", [0.5, 0.5, 0.4], 1), ("min", [2.0, 2.0, 3.0], 1),
+                                                    ("min", [2.0, 1.5, float("nan")], 2)])
+def test_a_tie_or_nan_is_no_improvement(mode, values, best_epoch):
+    tracker = stopper(mode=mode, patience=2)
+    for epoch, value in enumerate(values, start=1):
+        tracker.update({"rec.recall@10": value}, epoch)
+    assert tracker.best_epoch == best_epoch
+    assert tracker.stopped is (best_epoch == 1)
+    assert tracker.bad_epochs == len(values) - best_epoch
+
+
+def test_the_best_state_is_a_cpu_copy_that_later_training_does_not_change():
+    layer = torch.nn.Linear(2, 2)
+    saved = cpu_state_dict(layer)
+    with torch.no_grad():
+        layer.weight.add_(1.0)
+    assert not torch.equal(saved["weight"], layer.weight)
+    assert all(value.device.type == "cpu" and not value.requires_grad for value in saved.values())
+
+
+# ------------------------------------------------------------------ RNG state
+def test_a_restored_rng_state_gives_the_same_numpy_draws_as_the_saved_one():
+    np.random.seed(3)
+    state = capture_rng_state()
+    expected = np.random.random(4)
+    np.random.seed(99)
+    restore_rng_state(state)
+    assert np.array_equal(np.random.random(4), expected)
+    assert np.random.get_state()[1].dtype == np.uint32
+
+
+# ------------------------------------------------------------------ MAML building blocks (crs.training.meta)
+def _named():
+    return {"rec.weight": torch.zeros(2, requires_grad=True), "rec.bias": torch.zeros(1, requires_grad=True),
+            "generator.embed": torch.zeros(3, requires_grad=True), "generator.out": torch.zeros(3, requires_grad=True),
+            "graph.nodes": torch.zeros(4, requires_grad=True)}
+
+
+def test_a_glob_that_matches_nothing_names_its_key_and_the_first_four_names():
+    from crs.training.meta import select_params
+
+    with pytest.raises(ConfigError) as err:
+        select_params(_named(), ["rec.*"], ["recommender.*"], path="stages.1.strategy")
+    assert str(err.value) == (
+        "config key 'stages.1.strategy.outer_only': the pattern 'recommender.*' matches no parameter\n"
+        "  fix: patterns match <slot>.<param> names, e.g. rec.weight, rec.bias, generator.embed, generator.out")
+    with pytest.raises(ConfigError) as err:
+        select_params({}, ["*"])
+    assert str(err.value) == ("config key 'inner': the pattern '*' matches no parameter\n"
+                              "  fix: patterns match <slot>.<param> names, e.g. (the model has no parameters)")
+
+
+def test_an_empty_selection_is_refused_and_pairs_are_accepted_as_well_as_a_mapping():
+    from crs.training.meta import select_params
+
+    with pytest.raises(ConfigError) as err:
+        select_params(_named(), ["rec.*"], ["rec.*"], path="stages.1.strategy")
+    assert str(err.value) == ("config key 'stages.1.strategy.inner': no parameter is left to adapt once outer_only "
+                              "is removed\n  fix: widen `inner` or narrow `outer_only`")
+    named = _named()
+    chosen = select_params(iter(named.items()), ["generator.*", "rec.bias"], ["generator.out"])
+    assert list(chosen) == ["rec.bias", "generator.embed"] and chosen["rec.bias"] is named["rec.bias"]
+
+
+def test_an_unknown_parameter_name_names_the_path_and_real_names():
+    from crs.training.meta import to_model_names
+
+    model = torch.nn.Module()
+    model.slots = torch.nn.ModuleDict({"rec": torch.nn.Linear(2, 1), "graph": torch.nn.Linear(1, 1)})
+    with pytest.raises(ConfigError) as err:
+        to_model_names(model, {"rec.weigth": torch.zeros(1, 2)}, "stages.0.strategy")
+    assert str(err.value) == ("config key 'stages.0.strategy': the model has no parameter 'rec.weigth'. Did you "
+                              "mean 'rec.weight'?\n  fix: names are <slot>.<param>, e.g. rec.weight, rec.bias, "
+                              "graph.weight")
+
+
+def test_an_inner_update_without_autograd_says_how_to_enable_it():
+    from crs.training.meta import inner_update
+
+    params = {"w": torch.ones(2, requires_grad=True)}
+    with torch.no_grad(), pytest.raises(ConfigError) as err:
+        inner_update(params["w"].sum(), params, lr=0.1, first_order=True)
+    assert str(err.value) == ("inner_update needs autograd, but gradients are disabled here\n"
+                              "  fix: wrap the adaptation in `with torch.enable_grad():`")
+    frozen = {"w": torch.ones(2)}
+    assert inner_update(torch.ones(()), frozen, lr=0.1, first_order=False)["w"] is frozen["w"]
+    # a loss without a graph leaves trainable parameters as they are too
+    assert inner_update(torch.ones(()), params, lr=0.1, first_order=False)["w"] is params["w"]
+
+
+def test_adapt_defaults_to_one_second_order_step():
+    from crs.training.meta import adapt
+
+    p = torch.tensor([2.0], requires_grad=True)
+    fast, losses = adapt(lambda params: (params["p"] ** 3).sum(), {"p": p}, lr=0.1)
+    assert len(losses) == 1
+    torch.testing.assert_close(fast["p"], torch.tensor([2.0 - 0.1 * 12.0]))
+    # second order: d fast / d p = 1 - lr * 6p, not 1
+    (slope,) = torch.autograd.grad(fast["p"].sum(), [p])
+    torch.testing.assert_close(slope, torch.tensor([1.0 - 0.1 * 12.0]))
+
+
+def test_a_chunked_task_side_is_the_sample_weighted_mean_of_its_chunks():
+    from crs.training.meta import task_loss
+
+    class Loop:
+        def loss(self, batch, params=None):
+            value = batch["value"] * params["scale"]
+            return value, {"loss": float(value), "loss.rec": float(batch["value"])}
+
+    chunks = [{"batch.samples": [0], "value": torch.tensor(2.0)},
+              {"batch.samples": [0, 1, 2], "value": torch.tensor(6.0)}]
+    total, parts = task_loss(Loop(), chunks, {"scale": torch.tensor(1.0)})
+    torch.testing.assert_close(total, torch.tensor(5.0))  # (1 * 2 + 3 * 6) / 4
+    assert parts == {"loss": 5.0, "loss.rec": 5.0}
+    one, _ = task_loss(Loop(), chunks[0], {"scale": torch.tensor(3.0)})  # a single batch, as it is
+    torch.testing.assert_close(one, torch.tensor(6.0))
+    with pytest.raises(ValueError, match="^task_loss needs at least one batch$"):
+        task_loss(Loop(), [], {"scale": torch.tensor(1.0)})
+
+
+# ------------------------------------------------------------------ resuming (crs.training.checkpoint)
+def test_config_differences_list_every_changed_key_in_order():
+    from crs.training.checkpoint import config_differences
+
+    old = {"b": {"lr": 0.1, "gone": 1}, "a": [1, {"x": 2}], 3: "int key", "same": [1, 2]}
+    new = {"b": {"lr": 0.2, "new": [1]}, "a": [1, {"x": 3}], 3: "int key", "same": [1, 2, 3]}
+    assert config_differences(old, new) == [
+        "a.1.x: 2 -> 3",  # the int key 3 sorts among the strings, and is unchanged
+        "b.gone: 1 -> (removed)", "b.lr: 0.1 -> 0.2", "b.new: (absent) -> [1]", "same: [1, 2] -> [1, 2, 3]"]
+    assert config_differences([1, 2], [1, 3]) == ["1: 2 -> 3"]
+    assert config_differences({"a": 1}, [1]) == ['(root): {"a": 1} -> [1]']
+    assert config_differences([{"a": 1}], {"a": 1}) == ['(root): [{"a": 1}] -> {"a": 1}']
+
+
+def test_a_resume_with_another_config_shows_the_first_eight_differences_and_names_the_first_key(tmp_path):
+    from crs.training.checkpoint import check_same_config
+
+    old = {f"k{i}": i for i in range(10)}
+    new = {f"k{i}": i + 1 for i in range(10)}
+    with pytest.raises(ConfigError) as err:
+        check_same_config(old, new, tmp_path)
+    shown = "\n    ".join(f"k{i}: {i} -> {i + 1}" for i in range(8))
+    assert str(err.value) == (
+        f"config key 'k0': cannot resume: the checkpoint in {tmp_path} was written with a different config "
+        f"(checkpoint -> now):\n    {shown}\n    ... and 2 more\n"
+        "  fix: resume with the original config, or train this config in a new run_dir (--run-dir runs/NEW), or "
+        "start over in this run_dir with --overwrite instead of --resume (its run is replaced)")
+    for count, more in ((8, ""), (9, "\n    ... and 1 more")):  # all eight shown; the ninth only counted
+        some = {f"k{i}": i for i in range(count)}
+        with pytest.raises(ConfigError) as err:
+            check_same_config(some, {k: v + 1 for k, v in some.items()}, tmp_path)
+        assert err.value.problem.endswith("k7: 7 -> 8" + more)
+    with pytest.raises(ConfigError) as err:
+        check_same_config([1], {"a": 1}, tmp_path)
+    assert err.value.path == ""
+    check_same_config(old, dict(old), tmp_path)
+
+
+def test_a_missing_or_mismatched_best_file_is_named_with_the_stage_and_epoch(tmp_path):
+    from crs.errors import DataError
+    from crs.training.checkpoint import load_best, save_best
+
+    fix = ("the run folder was changed outside this run; start the run over (--overwrite, without --resume) or in a "
+           "new run_dir (--run-dir DIR)")
+    with pytest.raises(DataError) as err:
+        load_best(tmp_path, stage="rec", stage_index=1, epoch=3)
+    assert str(err.value) == (f"{tmp_path / 'best.pt'}: missing: the checkpoint says it holds the best model of "
+                              f"stage 'rec' (epoch 3)\n  fix: {fix}")
+    save_best(tmp_path, stage="rec", stage_index=1, epoch=2, metric="rec.recall@10", value=0.5,
+              model={"w": torch.ones(1)})
+    state = torch.load(tmp_path / "best.pt", weights_only=True)
+    assert (state["stage"], state["stage_index"], state["epoch"], state["metric"], state["value"]) == \
+        ("rec", 1, 2, "rec.recall@10", 0.5)
+    with pytest.raises(DataError) as err:
+        load_best(tmp_path, stage="rec", stage_index=1, epoch=3)
+    assert str(err.value) == (f"{tmp_path / 'best.pt'}: holds (stage index, epoch) (1, 2), but the checkpoint "
+                              f"expects the best model of stage 'rec' (1, 3)\n  fix: {fix}")
+    assert torch.equal(load_best(tmp_path, stage="rec", stage_index=1, epoch=2)["w"], torch.ones(1))
+
+
+def test_resume_checks_the_best_file_of_an_unfinished_stage_by_its_name(tmp_path):
+    from crs.errors import DataError
+    from crs.training.checkpoint import check_resumable, save_checkpoint
+
+    config = {"stages": [{"name": "pretrain"}, {"name": "rec"}]}
+    stopper = {"best_file": "best.pt", "best_epoch": 2}
+    save_checkpoint(tmp_path, {"config": config, "stage_index": 1, "stage_done": False, "early_stopping": stopper})
+    with pytest.raises(DataError) as err:
+        check_resumable(tmp_path, config)
+    assert "best model of stage 'rec' (epoch 2)" in str(err.value)
+    unnamed = {"stages": [{}, {"epochs": 3}]}
+    save_checkpoint(tmp_path, {"config": unnamed, "stage_index": 1, "stage_done": False, "early_stopping": stopper})
+    with pytest.raises(DataError) as err:
+        check_resumable(tmp_path, unnamed)
+    assert "best model of stage '1' (epoch 2)" in str(err.value)
+    with pytest.raises(ConfigError) as err:  # another config: named with the run folder
+        check_resumable(tmp_path, {"stages": [{"name": "pretrain"}, {"name": "conv"}]})
+    assert f"the checkpoint in {tmp_path} was written with a different config" in str(err.value)
+    # a finished stage no longer needs its best file
+    save_checkpoint(tmp_path, {"config": config, "stage_index": 1, "stage_done": True, "early_stopping": stopper})
+    assert check_resumable(tmp_path, config)["stage_done"] is True
+
+
+# ------------------------------------------------------------------ console and metrics log (crs.training.run_log)
+def test_info_goes_to_stdout_and_warnings_to_stderr_with_their_level(capsys):
+    import logging
+
+    from crs.training.run_log import console
+
+    logger = logging.getLogger("crs.test_console_streams")
+    with console(debug=False):
+        logger.info("rec 1/3  loss 2.00")
+        logger.warning("the corpus has no reviews")
+        logger.error("cannot read it")
+    out, err = capsys.readouterr()
+    assert out == "rec 1/3  loss 2.00\n"
+    assert err == "warning: the corpus has no reviews\nerror: cannot read it\n"
+
+
+def test_epoch_lines_show_report_metrics_with_four_decimals_and_other_values_as_they_are():
+    from crs.training.run_log import epoch_line
+
+    line = epoch_line("rec", 2, 5, {"loss": 2.5, "loss.rec": 2.5}, {"rec.recall@10": torch.tensor(0.25)},
+                      "rec.recall@10", True, 1.26)
+    assert line == "rec 2/5  loss.rec 2.50  valid rec.recall@10 0.2500*  1.3s"
+    flagged = epoch_line("rec", 2, 5, {"loss.rec": 2.5}, {"rec.flag": True, "rec.nan": float("nan")}, "rec.flag",
+                         False, 1.0)
+    assert flagged.endswith("valid rec.flag True  1.0s")
+    assert "valid rec.nan nan" in epoch_line("rec", 1, 1, {}, {"rec.nan": float("nan")}, "rec.nan", False, 0.0)
+
+
+def test_truncating_the_metrics_log_keeps_the_first_bytes_and_never_grows_it(tmp_path):
+    from crs.training.run_log import MetricsLog
+
+    log = MetricsLog(tmp_path, fresh=True, tensorboard=False)
+    log.write("rec", 1, 10, "train", {"loss": 1.0})
+    size = log.size()
+    log.write("rec", 2, 20, "train", {"loss": 0.5})
+    log.truncate(size)
+    assert log.size() == size and (tmp_path / "metrics.jsonl").read_text().count("\n") == 1
+    log.truncate(size + 100)  # a longer size leaves the file as it is
+    assert log.size() == size
+    MetricsLog(tmp_path / "empty", fresh=False, tensorboard=False).truncate(0)  # no file: nothing to do
+    assert not (tmp_path / "empty" / "metrics.jsonl").exists()
+
+
+# ------------------------------------------------------------------ which slots training reaches (crs.training.stage)
+class _Slots(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.slots = torch.nn.ModuleDict({"rec": torch.nn.Linear(1, 1), "generator": torch.nn.Linear(1, 1),
+                                          "pool": torch.nn.Identity()})
+
+    def slot_parameters(self, names):
+        if any(name not in self.slots for name in names):
+            raise ConfigError("stages.0.train", "unknown slot")
+        return [p for name in names for p in self.slots[name].parameters()]
+
+
+@pytest.mark.parametrize("stages,slot,trained", [
+    ([SimpleNamespace(epochs=0, train=["generator"]), SimpleNamespace(epochs=2, train=["generator"])],
+     "generator", True),  # a stage of 0 epochs is skipped, the next one trains it
+    ([SimpleNamespace(epochs=2, train=["nope"]), SimpleNamespace(epochs=2, train=["generator"])],
+     "generator", True),  # an unknown slot name does not end the search
+    ([SimpleNamespace(epochs=2, train=["rec"])], "generator", False),
+    ([SimpleNamespace(train=["generator"])], "generator", False),  # no epochs given: it trains nothing
+    ([], "pool", True),  # nothing to learn
+])
+def test_trained_by_stages(stages, slot, trained):
+    from crs.training.stage import trained_by_stages
+
+    assert trained_by_stages(_Slots(), stages, slot) is trained
+
+
+def test_a_pretrained_component_counts_as_trained():
+    from crs.training.stage import trained_by_stages
+
+    model = _Slots()
+    model.slots["generator"].pretrained = True
+    assert trained_by_stages(model, [], "generator") is True
+
+
+# ------------------------------------------------------------------ collectives, with a simulated second rank
+@pytest.fixture
+def two_ranks(monkeypatch):
+    """This process as rank 0 of 2; the other rank's contributions are added by the patched collectives."""
+    from crs.training import distributed
+
+    calls = []
+
+    def use(backend="gloo", other=None):
+        monkeypatch.setattr(distributed, "_current", distributed.Distributed(rank=0, world_size=2, local_rank=1,
+                                                                             backend=backend))
+
+        def all_reduce(tensor):
+            calls.append(("all_reduce", tensor.dtype, tensor.device.type))
+            tensor += other
+
+        monkeypatch.setattr(torch.distributed, "all_reduce", all_reduce)
+        monkeypatch.setattr(torch.distributed, "barrier", lambda **kwargs: calls.append(("barrier", kwargs)))
+        return calls
+
+    return use
+
+
+def test_logged_means_are_weighted_by_each_ranks_samples(two_ranks):
+    from crs.training.distributed import all_reduce_weighted_means
+
+    # the other rank saw 3 samples with loss 4.0 and loss.rec 1.0; this one 1 sample with 2.0 and 3.0
+    calls = two_ranks(other=torch.tensor([4.0 * 3, 1.0 * 3, 3.0], dtype=torch.float64))
+    means = all_reduce_weighted_means({"loss": 2.0, "loss.rec": 3.0}, weight=1)
+    assert means == {"loss": pytest.approx((2.0 + 12.0) / 4), "loss.rec": pytest.approx((3.0 + 3.0) / 4)}
+    assert calls == [("all_reduce", torch.float64, "cpu")]
+
+
+def test_a_step_where_no_rank_had_samples_logs_nan(two_ranks):
+    import math
+
+    from crs.training.distributed import all_reduce_weighted_means
+
+    two_ranks(other=torch.zeros(2, dtype=torch.float64))
+    assert math.isnan(all_reduce_weighted_means({"loss": 0.0}, weight=0)["loss"])
+
+
+def test_one_process_passes_values_through_and_reports_nothing():
+    from crs.training.distributed import all_reduce_weighted_means, barrier, report_entry
+
+    values = {"loss": 1.5}
+    assert all_reduce_weighted_means(values, weight=3) == values
+    assert report_entry() == {}
+    barrier()  # no process group: returns at once
+
+
+@pytest.mark.parametrize("backend,kwargs", [("gloo", {}), ("nccl", {"device_ids": [1]})])
+def test_the_report_names_the_world_and_nccl_barriers_name_the_gpu(two_ranks, backend, kwargs):
+    from crs.training.distributed import barrier, report_entry
+
+    calls = two_ranks(backend=backend, other=torch.zeros(1))
+    assert report_entry() == {"distributed": {"world_size": 2, "backend": backend}}
+    barrier()
+    assert calls == [("barrier", kwargs)]
+
+
+# ------------------------------------------------------------------ trainer helpers, on a stand-in trainer
+def test_metric_early_stopping_without_a_protocol_names_the_key_and_the_fix():
+    from crs.training.trainer import Trainer
+
+    built = []
+    trainer = SimpleNamespace(spec=SimpleNamespace(evaluation=SimpleNamespace(protocols=[])),
+                              pipeline=SimpleNamespace(build=lambda *args: built.append(args) or "protocol"))
+    with pytest.raises(ConfigError) as err:
+        Trainer._valid_protocol(trainer)
+    assert str(err.value) == ("config key 'evaluation.protocols': early stopping on a report metric needs an "
+                              "evaluation protocol\n  fix: list one under evaluation.protocols, or stop early on "
+                              "metric: loss")
+    trainer.spec.evaluation.protocols = [{"type": "fresh"}, {"type": "crslab"}]
+    assert Trainer._valid_protocol(trainer) == "protocol"
+    assert built == [("evaluation_protocol", {"type": "fresh"}, "evaluation.protocols.0")]
+
+
+def test_each_rank_resumes_its_own_rng_stream_and_extra_ranks_seed_a_fresh_one():
+    from crs.training import distributed
+    from crs.training.seeding import seed_everything
+    from crs.training.trainer import Trainer
+
+    def trainer(rank):
+        return SimpleNamespace(_dist=distributed.Distributed(rank=rank, world_size=3), spec=SimpleNamespace(seed=7))
+
+    checkpoint = {"rng": "rank 0 state", "rng_by_rank": ["rank 0 state", "rank 1 state"]}
+    assert Trainer._own_rng(trainer(0), checkpoint) == "rank 0 state"
+    assert Trainer._own_rng(trainer(1), checkpoint) == "rank 1 state"
+    fresh = Trainer._own_rng(trainer(2), checkpoint)  # saved with two processes, resumed with three
+    seed_everything(distributed.rank_seed(7, 2))
+    expected = torch.rand(3)
+    restore_rng_state(fresh)
+    assert torch.equal(torch.rand(3), expected)
+    assert Trainer._own_rng(trainer(0), {"rng": "one process"}) == "one process"
+
+
+START_OVER = ("start the run over with --overwrite (instead of --resume), or train in a new folder (--run-dir DIR); a "
+              "copy of the file from before the damage can also be put back")
+
+
+def test_every_way_a_checkpoint_file_can_be_unusable_is_named_with_the_file_and_the_fix(tmp_path, caplog):
+    from crs.errors import DataError
+    from crs.training.checkpoint import load_best, load_checkpoint, save_checkpoint, with_checksum
+
+    path = tmp_path / "checkpoint.pt"
+
+    def error() -> str:
+        with pytest.raises(DataError) as err:
+            load_checkpoint(tmp_path)
+        return str(err.value)
+
+    path.write_bytes(b"not a torch file\n")
+    text = error()
+    assert text.startswith(f"{path}: the checkpoint cannot be read (UnpicklingError: ") and \
+        text.endswith(f"\n  fix: {START_OVER}")
+    assert "\n" not in text.split(": ", 1)[1].split("\n  fix")[0]  # torch's message on one line
+    torch.save([1, 2], path)
+    assert error() == f"{path}: not a crs checkpoint: it holds a list, not a dict\n  fix: {START_OVER}"
+    torch.save({"format": 9}, path)
+    assert error() == (f"{path}: not a crs training checkpoint of format 3 (found 9)\n"
+                       "  fix: resume it with the crs version that wrote it, or start a new run_dir")
+    torch.save({"format": 3, "stage_index": 0}, path)
+    assert error() == (f"{path}: the checkpoint has no checksum, though its format (3) always stores one: the file "
+                       f"was edited or damaged after crs wrote it, so it is not used\n  fix: {START_OVER}")
+    state = with_checksum({"format": 3, "stage_index": 0})
+    torch.save({**state, "stage_index": 1}, path)
+    stored, actual = state["checksum"], with_checksum({"format": 3, "stage_index": 1})["checksum"]
+    assert error() == (f"{path}: the checkpoint does not match its checksum (stored {stored[:23]}..., content "
+                       f"{actual[:23]}...): the file was damaged or changed after crs wrote it, so it is not used\n"
+                       f"  fix: {START_OVER}")
+    torch.save({"format": 3, "obj": SimpleNamespace(a=1)}, path)  # arbitrary objects are never unpickled
+    assert error().startswith(f"{path}: the checkpoint cannot be read (UnpicklingError: ")
+    torch.save({"format": 2, "stage_index": 4}, path)  # older formats carry no checksum: used, with a warning
+    with caplog.at_level("WARNING", logger="crs.training"):
+        assert load_checkpoint(tmp_path) == {"format": 2, "stage_index": 4}
+    assert caplog.messages == [f"{path}: written before checkpoints carried checksums (format 2); used unverified"]
+    save_checkpoint(tmp_path, {"stage_index": 0})
+    (tmp_path / "best.pt").write_bytes(b"junk")
+    with pytest.raises(DataError, match="the best model file cannot be read"):
+        load_best(tmp_path, stage="rec", stage_index=0, epoch=1)
+
+
+def test_batch_length_counts_samples_then_rows_then_list_entries():
+    from crs.training.stage import batch_length
+
+    assert batch_length({"x": torch.zeros(5, 2), "batch.samples": [1, 2, 3]}) == 3
+    assert batch_length({"scalar": torch.tensor(1.0), "x": torch.zeros(4)}) == 4
+    assert batch_length({"texts": ["a", "b"]}) == 2
+    assert batch_length({"flag": True}) == 1
+
+
+def test_patience_one_stops_after_one_epoch_without_improvement():
+    tracker = stopper(patience=1)
+    tracker.update({"rec.recall@10": 0.5}, 1)
+    assert not tracker.stopped
+    tracker.update({"rec.recall@10": 0.4}, 2)
+    assert tracker.stopped
+    never = stopper(patience=0)
+    for epoch in range(1, 6):
+        never.update({"rec.recall@10": 0.1}, epoch)
+    assert not never.stopped and never.bad_epochs == 4
+
+
+def test_joining_torchruns_group_reads_ranks_backend_and_timeout_from_the_environment(monkeypatch):
+    from datetime import timedelta
+
+    from crs.training import distributed
+
+    joined = []
+    monkeypatch.setattr(distributed, "_current", distributed.SINGLE)
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: False)
+    monkeypatch.setattr(torch.distributed, "init_process_group", lambda backend, timeout: joined.append(
+        (backend, timeout)))
+    monkeypatch.setattr(torch.distributed, "get_rank", lambda: 1)
+    monkeypatch.setattr(torch.distributed, "get_world_size", lambda: 3)
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    monkeypatch.delenv(distributed.TIMEOUT_ENV, raising=False)
+    assert distributed.init_from_env("cpu") == distributed.Distributed(rank=1, world_size=3, local_rank=0,
+                                                                         backend="gloo")
+    assert joined == [("gloo", timedelta(seconds=3 * 3600))]
+    assert distributed.current().world_size == 3
+    monkeypatch.setenv("LOCAL_RANK", "2")
+    monkeypatch.setenv(distributed.TIMEOUT_ENV, "1")
+    assert distributed.init_from_env("cpu").local_rank == 2 and joined[-1] == ("gloo", timedelta(seconds=1))
+    monkeypatch.setenv(distributed.TIMEOUT_ENV, "0")
+    with pytest.raises(ConfigError) as err:
+        distributed.init_from_env("cpu")
+    assert str(err.value) == ("CRS_DDP_TIMEOUT_S=0: a collective needs a positive timeout\n"
+                              "  fix: unset CRS_DDP_TIMEOUT_S (default 10800 s) or give seconds")
+    monkeypatch.setenv(distributed.TIMEOUT_ENV, "ten")
+    with pytest.raises(ConfigError) as err:
+        distributed.init_from_env("cpu")
+    assert str(err.value) == ("the environment variable CRS_DDP_TIMEOUT_S='ten' is not a whole number\n"
+                              "  fix: start the run with torchrun, which sets it, or unset it")
+
+
+def test_a_gpu_per_process_is_checked_before_joining(monkeypatch):
+    from crs.training import distributed
+
+    monkeypatch.setattr(distributed, "_current", distributed.SINGLE)
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: False)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ConfigError) as err:
+        distributed.init_from_env("cuda:1", "stages.0.device")
+    assert str(err.value) == ("config key 'stages.0.device': 'cuda:1' puts all 2 processes on one GPU\n"
+                              "  fix: use device: cuda: each process takes the GPU of its LOCAL_RANK")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr("crs.training.precision.resolve_device", lambda device, path: None)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ConfigError) as err:
+        distributed.init_from_env("cuda")
+    assert str(err.value) == ("config key 'device': process LOCAL_RANK 1 needs GPU 1, but this node has 1\n"
+                              "  fix: start at most 1 processes per node (--nproc-per-node)")
+
+
+def test_broadcast_sends_rank_zeros_value(two_ranks, monkeypatch):
+    from crs.training.distributed import broadcast_object
+
+    two_ranks(other=torch.zeros(1))
+    sent = []
+
+    def broadcast_object_list(box, src):
+        sent.append((list(box), src))
+        box[0] = "from rank 0"
+
+    monkeypatch.setattr(torch.distributed, "broadcast_object_list", broadcast_object_list)
+    assert broadcast_object("mine") == "from rank 0"
+    assert sent == [(["mine"], 0)]
+
+
+def test_crs_debug_turns_on_debug_records_and_a_new_set_up_replaces_the_old_handler(monkeypatch):
+    import logging
+
+    from crs.training.run_log import _ConsoleHandler, console
+
+    logger = logging.getLogger("crs")
+    for value, level in (("1", logging.DEBUG), ("0", logging.INFO), ("", logging.INFO)):
+        monkeypatch.setenv("CRS_DEBUG", value)
+        with console():
+            assert logger.level == level, value
+            assert sum(isinstance(h, _ConsoleHandler) for h in logger.handlers) == 1
+    monkeypatch.delenv("CRS_DEBUG")
+    with console(debug=True):
+        with console(debug=False):
+            assert logger.level == logging.INFO
+        assert logger.level == logging.DEBUG
+    assert not any(isinstance(h, _ConsoleHandler) for h in logger.handlers)
+
+
+def test_a_progress_bar_draws_only_on_a_terminal(monkeypatch, capsys):
+    import io
+
+    from crs.training.run_log import progress_bar
+
+    assert list(progress_bar(iter(range(3)), enabled=True, total=3, desc="rec")) == [0, 1, 2]
+    assert capsys.readouterr().err == ""  # not a terminal: nothing drawn
+    terminal = io.StringIO()
+    terminal.isatty = lambda: True
+    monkeypatch.setattr("sys.stderr", terminal)
+    assert list(progress_bar(iter(range(3)), enabled=False, total=3, desc="rec")) == [0, 1, 2]
+    assert terminal.getvalue() == ""  # turned off
+    assert list(progress_bar(iter(range(3)), enabled=True, total=3, desc="rec")) == [0, 1, 2]
+    drawn = terminal.getvalue()
+    assert drawn.startswith("\rrec:") and "0/3" in drawn  # the description and the total
+    assert drawn.endswith(" \r")  # leave=False: the bar is wiped when done, so log lines stay clean
+
+
+class _QuadraticLoop:
+    """A stand-in EpochLoop: the loss of a batch is (w - target)^2 with the given parameters."""
+
+    def __init__(self):
+        self.plan, self.epoch, self.global_step = SimpleNamespace(path="stages.2"), 1, 6
+        self.backwards, self.steps, self.logged = [], 0, []
+
+    def loss(self, batch, params=None):
+        value = ((params["w"] - batch["target"]) ** 2).sum()
+        return value, {"loss": float(value.detach()), "loss.rec": float(value.detach()) / 2}
+
+    def backward(self, total):
+        self.backwards.append(float(total.detach()))
+        total.backward()
+
+    def end_batch(self):
+        self.steps += 1
+
+    def log_step(self, parts):
+        self.logged.append(parts)
+
+
+def test_a_maml_step_is_second_order_one_inner_step_with_the_support_loss_in_the_outer_loss():
+    from crs.training.meta import maml_step
+
+    # w = 0, lr = 0.25: support (w - 1)^2 gives w' = 0.5; query (w' - 3)^2 = 6.25
+    # d query / d w = 2 (w' - 3) (1 - 2 lr) = -2.5 (second order), d support / d w = -2
+    support, query = {"target": torch.tensor(1.0)}, {"target": torch.tensor(3.0)}
+    w = torch.zeros((), requires_grad=True)
+    loop = _QuadraticLoop()
+    parts = maml_step(loop, [(support, query)], {"w": w}, lr=0.25)
+    torch.testing.assert_close(w.grad, torch.tensor(-4.5))
+    assert parts == {"loss": 7.25, "loss.rec": 3.125, "support": 1.0} and loop.logged == [parts]
+    assert loop.backwards == [7.25] and loop.steps == 1
+    w.grad = None
+    maml_step(_QuadraticLoop(), [(support, query)] * 2, {"w": w}, lr=0.25, support_in_outer=False)
+    torch.testing.assert_close(w.grad, torch.tensor(-2.5))  # each task's backward is divided by the task count
+    w.grad = None
+    maml_step(_QuadraticLoop(), [(support, query)], {"w": w}, lr=0.25, first_order=True, support_in_outer=False)
+    torch.testing.assert_close(w.grad, torch.tensor(-5.0))
+
+
+def test_two_tasks_are_averaged_in_the_logged_parts():
+    from crs.training.meta import maml_step
+
+    w = torch.zeros((), requires_grad=True)
+    tasks = [({"target": torch.tensor(1.0)}, {"target": torch.tensor(3.0)}),
+             ({"target": torch.tensor(0.0)}, {"target": torch.tensor(1.0)})]
+    parts = maml_step(_QuadraticLoop(), tasks, {"w": w}, lr=0.25)
+    # task 2: support 0, w' = 0, query 1: loss 1
+    assert parts == pytest.approx({"loss": (7.25 + 1.0) / 2, "loss.rec": (3.125 + 0.5) / 2, "support": 0.5})
+
+
+def test_a_non_finite_meta_loss_names_the_inner_lr_and_where_training_was():
+    from crs.training.meta import maml_step
+
+    w = torch.zeros((), requires_grad=True)
+    bad = [({"target": torch.tensor(1.0)}, {"target": torch.tensor(float("inf"))})]
+    with pytest.raises(ConfigError) as err:
+        maml_step(_QuadraticLoop(), bad, {"w": w}, lr=0.25)
+    assert str(err.value) == ("config key 'stages.2.strategy.inner_lr': the meta-loss became inf at epoch 2, step 7\n"
+                              "  fix: lower the inner or outer learning rate, or set grad_clip")
+    with pytest.raises(ConfigError) as err:
+        maml_step(_QuadraticLoop(), bad, {"w": w}, lr=0.25, path="stages.2.maml")
+    assert err.value.path == "stages.2.maml.inner_lr"
+
+
+# ------------------------------------------------------------------ the epoch's batches (crs.training.loop)
+class _Batches:
+    """A pipeline stand-in that records how it was asked for batches."""
+
+    fields = {}
+
+    def __init__(self):
+        self.calls = []
+
+    def batches(self, samples, size, *, shuffle, seed, group_by_length=False):
+        self.calls.append((list(samples), size, shuffle, seed, group_by_length))
+        for start in range(0, len(samples), size):
+            yield {"batch.samples": samples[start:start + size]}
+
+
+def _loop(group_by_length=False, dist=None, epoch=0):
+    from crs.training import distributed
+    from crs.training.loop import EpochLoop
+
+    loop = EpochLoop.__new__(EpochLoop)  # only what batches() reads
+    loop.samples, loop.seed, loop.epoch, loop._progress = list(range(5)), 11, epoch, True
+    loop.stage = SimpleNamespace(batch_size=2, name="rec", epochs=4, group_by_length=group_by_length)
+    loop.pipeline, loop._dist = _Batches(), dist or distributed.SINGLE
+    return loop
+
+
+@pytest.mark.parametrize("group", [False, True])
+def test_the_stages_group_by_length_reaches_the_batches(group, monkeypatch):
+    bars = []
+    monkeypatch.setattr("crs.training.loop.progress_bar", lambda items, **kwargs: bars.append(kwargs) or items)
+    loop = _loop(group_by_length=group, epoch=1)
+    assert [b["batch.samples"] for b in loop.batches()] == [[0, 1], [2, 3], [4]]
+    assert loop.pipeline.calls == [([0, 1, 2, 3, 4], 2, True, 11, group)]
+    assert bars == [{"enabled": True, "total": 3, "desc": "rec 2/4"}]  # the stage, its epoch, the batch count
+
+
+def test_a_salt_or_other_samples_draw_another_reproducible_order_without_a_bar():
+    from crs.training.seeding import derived_seed
+
+    loop = _loop()
+    list(loop.batches(salt=3))
+    list(loop.batches([7, 8, 9], batch_size=3))
+    assert loop.pipeline.calls == [([0, 1, 2, 3, 4], 2, True, derived_seed(11, 3), False),
+                                   ([7, 8, 9], 3, True, 11, False)]
+    assert not hasattr(loop, "_bar")  # only the stage's own pass shows a progress bar
+
+
+def test_under_torchrun_each_rank_gets_its_shard_of_every_global_batch():
+    from crs.training import distributed
+
+    shards = []
+    for rank in (0, 1):
+        loop = _loop(dist=distributed.Distributed(rank=rank, world_size=2, backend="gloo"))
+        shards.append([b["batch.samples"] for b in loop.batches()])
+        assert all(call[2] is False and call[3] == 0 for call in loop.pipeline.calls)  # shards come pre-drawn
+    # every sample in some shard, and both ranks take the same number of steps (DDP needs them in lockstep)
+    assert {x for rank in shards for batch in rank for x in batch} == {0, 1, 2, 3, 4}
+    assert len(shards[0]) == len(shards[1]) == 3
+
+
+# ------------------------------------------------------------------ devices, precision, checksums, lifecycle
+def test_device_names_torch_cannot_train_on_are_refused_naming_the_key():
+    from crs.training.precision import Precision, resolve_device
+
+    with pytest.raises(ConfigError) as err:
+        resolve_device("meta", "stages.0.device")
+    assert str(err.value) == ("config key 'stages.0.device': device type 'meta' is not supported for training\n"
+                              "  fix: use cpu, cuda or cuda:N")
+    with pytest.raises(UnknownComponentError) as err:
+        Precision("fp8", "cpu", "stages.0.precision")
+    assert err.value.path == "stages.0.precision" and "unknown precision 'fp8'" in str(err.value)
+    assert Precision("fp32", "cpu", "p").path == "p"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks what a machine without a GPU says")
+def test_cuda_without_a_gpu_says_why_and_how_to_fix_it():
+    from crs.training.precision import resolve_device
+
+    with pytest.raises(ConfigError) as err:
+        resolve_device("cuda:0", "device")
+    text = str(err.value)
+    assert text.startswith("config key 'device': 'cuda:0' needs a CUDA GPU, but ")
+    cpu_only = torch.version.cuda is None and torch.version.hip is None
+    assert ("is a CPU-only build" in text) is cpu_only
+    assert ("torch sees none (no driver, or CUDA_VISIBLE_DEVICES hides them)" in text) is not cpu_only
+
+
+def test_the_checksum_tells_apart_values_that_print_alike():
+    from crs.training.checksum import state_checksum
+
+    pairs = [([1, 2], (1, 2)), ("ab", ["a", "b"]), ({"a": torch.float32}, {"a": torch.float64}),
+             ({"a": torch.device("cpu")}, {"a": "cpu"}), ({"x": "\ud800"}, {"x": "\ud801"})]
+    for a, b in pairs:
+        assert state_checksum({"v": a}) != state_checksum({"v": b}), (a, b)
+    assert state_checksum({"v": [1, 2]}) == state_checksum({"v": [1, 2]})
+
+
+def test_a_module_shared_by_two_slots_hears_each_event_once_and_unknown_events_are_named():
+    from crs.training.callbacks import EVENTS, notify
+
+    class Hooked(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.heard = []
+
+        def on_eval_start(self, **context):
+            self.heard.append(context)
+
+    shared, own = Hooked(), Hooked()
+    model = SimpleNamespace(slots={"a": shared, "b": shared, "c": own}, shared={"enc": shared, "other": Hooked()})
+    notify(model, "on_eval_start", split="valid")
+    assert shared.heard == [{"split": "valid"}] and own.heard == [{"split": "valid"}]
+    assert model.shared["other"].heard == [{"split": "valid"}]  # shared modules hear events too
+    with pytest.raises(ValueError) as err:
+        notify(model, "on_epoch_begin")
+    assert str(err.value) == f"unknown lifecycle event 'on_epoch_begin'; events are: {', '.join(EVENTS)}"
+
+
+# ------------------------------------------------------------------ optimizer and schedule (crs.training.optim)
+def test_numbers_out_of_range_name_the_rule_the_value_and_an_example():
+    from crs.training.optim import check_number
+
+    with pytest.raises(ConfigError) as err:
+        check_number(0.0, "stages.0.optimizer.lr", strict=True, example="e.g. lr: 0.001")
+    assert str(err.value) == ("config key 'stages.0.optimizer.lr': must be a finite positive number, got 0.0\n"
+                              "  fix: e.g. lr: 0.001")
+    with pytest.raises(ConfigError) as err:
+        check_number(1, "k", minimum=2, strict=True)
+    assert str(err.value) == "config key 'k': must be a finite number > 2, got 1"
+    with pytest.raises(ConfigError) as err:
+        check_number(float("nan"), "k", minimum=0.5)
+    assert str(err.value) == "config key 'k': must be a finite number >= 0.5, got nan"
+    assert check_number(0, "k") == 0.0 and check_number(2, "k", minimum=2) == 2.0
+
+
+@pytest.mark.parametrize("key,value,fix", [
+    ("lr", 0.0, "e.g. lr: 0.001"), ("eps", 0.0, "e.g. eps: 1.0e-8 (the default)"),
+    ("weight_decay", -1.0, "e.g. weight_decay: 0.01, or 0 for none"),
+    ("momentum", -0.5, "e.g. momentum: 0.9 (sgd only), or 0 for none")])
+def test_each_optimizer_number_is_checked_with_its_own_example(key, value, fix):
+    from crs.training.optim import check_optimizer
+
+    spec = SimpleNamespace(lr=0.001, weight_decay=0.0, momentum=0.0, eps=1e-8, groups=[])
+    setattr(spec, key, value)
+    with pytest.raises(ConfigError) as err:
+        check_optimizer(spec, "stages.1.optimizer")
+    assert err.value.path == f"stages.1.optimizer.{key}" and err.value.fix == fix
+
+
+def test_warmup_in_steps_and_in_epochs_at_once_is_refused():
+    from crs.training.optim import check_schedule, warmup_steps
+
+    with pytest.raises(ConfigError) as err:
+        check_schedule(SimpleNamespace(warmup_steps=1, warmup_epochs=0.5), "stages.1.schedule")
+    assert str(err.value) == ("config key 'stages.1.schedule.warmup_epochs': both warmup_steps (1) and warmup_epochs "
+                              "(0.5) are set\n  fix: keep one of the two")
+    with pytest.raises(ConfigError) as err:
+        check_schedule(SimpleNamespace(warmup_steps=-1, warmup_epochs=0), "s")
+    assert err.value.fix == "e.g. warmup_steps: 100"
+    with pytest.raises(ConfigError) as err:
+        check_schedule(SimpleNamespace(warmup_steps=0, warmup_epochs=-0.5), "s")
+    assert err.value.fix == "e.g. warmup_epochs: 0.5"
+    check_schedule(SimpleNamespace(warmup_steps=0, warmup_epochs=0.5), "s")
+    assert warmup_steps(SimpleNamespace(warmup_steps=0, warmup_epochs=0.5), steps_per_epoch=7) == 4
+    assert warmup_steps(SimpleNamespace(warmup_steps=3, warmup_epochs=0), steps_per_epoch=7) == 3
+    assert warmup_steps(SimpleNamespace(warmup_steps=0, warmup_epochs=2), steps_per_epoch=0) == 0
+
+
+@pytest.mark.parametrize("kind,expected", [
+    ("constant", [1 / 3, 2 / 3, 1.0, 1.0, 1.0, 1.0]),
+    ("linear", [1 / 3, 2 / 3, 1.0, 0.5, 0.0, 0.0]),
+    ("cosine", [1 / 3, 2 / 3, 1.0, 0.5, 0.0, 0.0])])
+def test_the_learning_rate_factor_warms_up_then_decays_to_zero_at_the_last_step(kind, expected):
+    from crs.training.optim import LRFactor
+
+    factor = LRFactor(kind, warmup_steps=2, total_steps=4)
+    assert [factor(step) for step in range(6)] == pytest.approx(expected)
+    assert LRFactor("linear", 0, 0)(0) == 1.0 and LRFactor("linear", 0, 1)(1) == 0.0  # no zero division
+
+
+def test_unknown_optimizer_or_schedule_types_name_the_key():
+    from crs.training.optim import build_optimizer, build_scheduler
+
+    param = torch.nn.Parameter(torch.zeros(1))
+    spec = SimpleNamespace(type="adamax", lr=0.1, weight_decay=0.0, momentum=0.0, eps=1e-8, groups=[])
+    with pytest.raises(UnknownComponentError) as err:
+        build_optimizer(spec, [param], "stages.0.optimizer")
+    assert err.value.path == "stages.0.optimizer.type" and "unknown optimizer 'adamax'" in str(err.value)
+    optimizer = torch.optim.SGD([param], lr=0.1)
+    with pytest.raises(UnknownComponentError) as err:
+        build_scheduler(SimpleNamespace(type="step", warmup_steps=0, warmup_epochs=0), optimizer, 10,
+                        "stages.0.schedule")
+    assert err.value.path == "stages.0.schedule.type" and "unknown learning-rate schedule 'step'" in str(err.value)
