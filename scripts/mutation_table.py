@@ -38,26 +38,29 @@ def read(path: Path) -> dict[str, Counter]:
     return counts
 
 
+def row(label: str, c: Counter) -> str:
+    """One table row; "killed" includes timeouts, the kill rate leaves out mutants not run yet."""
+    killed = c["killed"] + c["timeout"]
+    run = killed + c["survived"] + c["no tests"]
+    rate = f"{100 * killed / run:.1f}%" if run else "-"
+    cells = [f"{sum(c.values()):,}", f"{killed:,}", f"{c['survived']:,}", f"{c['no tests']:,}",
+             f"{c['not checked']:,}", rate]
+    if label.startswith("**"):
+        cells = [f"**{cell}**" for cell in cells]
+    return f"| {label} | " + " | ".join(cells) + " |"
+
+
 def main(argv: list[str]) -> int:
     results, wanted = Path(argv[0]), argv[1:]
     counts = read(results)
     rows = sorted(f for f in counts if not wanted or any(f == w or f.startswith(w.rstrip("/") + "/") for w in wanted))
     print("| file | mutants | killed | survived | no tests | not run | kill rate |")
     print("|---|---:|---:|---:|---:|---:|---:|")
-    total = Counter()
+    total: Counter = Counter()
     for name in rows:
-        c = counts[name]
-        killed = c["killed"] + c["timeout"]
-        run = killed + c["survived"] + c["no tests"]
-        total.update({"all": sum(c.values()), "killed": killed, "survived": c["survived"],
-                      "no tests": c["no tests"], "not run": c["not checked"]})
-        rate = f"{100 * killed / run:.1f}%" if run else "-"
-        print(f"| {name} | {sum(c.values()):,} | {killed:,} | {c['survived']:,} | {c['no tests']:,} | "
-              f"{c['not checked']:,} | {rate} |")
-    run = total["killed"] + total["survived"] + total["no tests"]
-    rate = f"{100 * total['killed'] / run:.1f}%" if run else "-"
-    print(f"| **total** | **{total['all']:,}** | **{total['killed']:,}** | **{total['survived']:,}** | "
-          f"**{total['no tests']:,}** | **{total['not run']:,}** | **{rate}** |")
+        print(row(name, counts[name]))
+        total.update(counts[name])
+    print(row("**total**", total))
     return 0
 
 
