@@ -255,3 +255,96 @@ def test_f1_and_perplexity_keep_their_config_and_f1_of_nothing_is_nan():
     f1, ppl = build(F1), build(Perplexity)
     assert f1.config == F1.Config() and ppl.config == Perplexity.Config()
     assert math.isnan(f1.compute()["gen.f1"])
+
+
+# ------------------------------------------------------------------ ReR (MESE) and Dist without punctuation
+def test_rer_counts_the_first_item_a_reply_names_against_the_items_its_reference_names():
+    from crs.plugins.metrics.conversation import RecommendationRate
+
+    metric = build(RecommendationRate)
+    assert all(math.isnan(value) for value in metric.compute().values())  # nothing scored yet
+    hyps = ["try @1 now", "@ @2", "@9 or @1", "no item", "#3 here"]
+    refs = ["@1 is good", "@2 then", "@1", "@4", "@ alone"]  # "@" alone is no item: the last reference has none
+    metric.update([h.split() for h in hyps], [r.split() for r in refs])
+    # hits: reply 1 (@1), reply 2 (@2; the bare "@" is skipped, not taken as its first item); reply 3 names @9 first
+    assert metric.compute() == {"gen.rer": 2 / 5, "gen.rer/rec_turns": 2 / 4}
+    metric.reset()
+    metric.update([["@7"]], [["@7"]])
+    assert metric.compute() == {"gen.rer": 1.0, "gen.rer/rec_turns": 1.0}
+    hashed = build(RecommendationRate, prefix="#", first_only=False)
+    hashed.update([["#9", "#3"], ["@3"]], [["#3"], ["#3"]])
+    assert hashed.compute() == {"gen.rer": 1 / 2, "gen.rer/rec_turns": 1 / 2}
+    with pytest.raises(ValueError):  # replies and references must pair up
+        hashed.update([["#3"]], [])
+
+
+def test_stripping_punctuation_drops_marks_inside_tokens_and_tokens_left_empty():
+    from crs.plugins.metrics.conversation import strip_punctuation
+
+    assert strip_punctuation(["hi!", "...", "don't", "@12", "ok"]) == ["hi", "dont", "12", "ok"]
+    assert strip_punctuation(["é", "-"]) == ["é"]  # ASCII punctuation only
+
+
+def test_dist_without_punctuation_scores_the_stripped_replies_under_its_own_keys():
+    plain, stripped = build(Dist, ns=[1]), build(Dist, ns=[1], strip_punctuation=True)
+    hyps = [["hi", "!"], ["hi", "there", "."]]
+    for metric in (plain, stripped):
+        metric.update(hyps, hyps)
+    assert plain.compute() == {"gen.dist-1/sentences": 4 / 2, "gen.dist-1/ngrams": 4 / 5}
+    assert stripped.compute() == {"gen.dist-1/sentences/nopunct": 2 / 2, "gen.dist-1/ngrams/nopunct": 2 / 3}
+
+
+def test_linked_items_are_those_whose_entity_node_is_a_real_graph_node():
+    from types import SimpleNamespace
+
+    from crs.data.prepare import UNLINKED_PREFIX
+    from crs.knowledge import ENTITY
+    from crs.plugins.metrics.protocols import linked_items
+
+    graph = SimpleNamespace(role=ENTITY, nodes=["<pad>", "<dbpedia:A>", f"{UNLINKED_PREFIX}7", "<dbpedia:B>"])
+    items = SimpleNamespace(entity_nodes=torch.tensor([1, 2, 0, 3, 4]))  # 0: the padding node; 4: past the end
+    deps = SimpleNamespace(require=lambda name: items, graphs={"kg": graph})
+    linked = linked_items(deps, "evaluation.protocols.0.items")
+    assert linked.dtype == torch.bool and linked.tolist() == [True, False, False, True, False]
+    deps.graphs = {"kg": graph, "other": SimpleNamespace(role=ENTITY, nodes=[])}
+    with pytest.raises(ConfigError) as err:
+        linked_items(deps, "evaluation.protocols.0.items")
+    assert str(err.value) == ("config key 'evaluation.protocols.0.items': 'linked' needs the one entity graph that "
+                              "links items, and the pipeline has 2\n  fix: use items: all, or keep one entity graph "
+                              "under `knowledge:`")
+
+
+class _Shift(torch.nn.Module):
+    """loss.a = mean over the batch of (w + v + u - y)^2; a batch marked `missing` outputs no loss."""
+
+    def __init__(self):
+        super().__init__()
+        self.w, self.v, self.u = (torch.nn.Parameter(torch.zeros(())) for _ in range(3))
+
+    def loss_keys(self):
+        return {"loss.a"}
+
+    def forward(self, batch, wanted):
+        if batch.get("missing"):
+            return {}
+        return {"loss.a": ((self.w + self.v + self.u - batch["y"]) ** 2).mean()}
+
+
+def test_adaptation_starts_from_the_earlier_fast_weights_and_keeps_the_rest_of_them_fixed():
+    from types import SimpleNamespace
+
+    from crs.plugins.metrics.protocols import RecAdaptConfig
+
+    model = _Shift()
+    batches_of = {"ok": [{"y": torch.tensor([1.0]), "batch.samples": [0]}], "missing": [{"missing": True,
+                                                                                          "batch.samples": [0]}]}
+    pipeline = SimpleNamespace(model=model, spec=SimpleNamespace(evaluation=SimpleNamespace(batch_size=4)),
+                               batches=lambda samples, size, shuffle, seed: iter(batches_of[samples]))
+    cfg = RecAdaptConfig(steps=1, lr=0.25, outer_only=["u"], objectives={"a": 1.0})
+    start = {"w": torch.tensor(2.0), "u": torch.tensor(5.0)}  # an earlier (rec) adaptation's fast weights
+    fast = UserAdaptProtocol._adapt(None, pipeline, "ok", cfg, start, "evaluation.protocols.0.conv_adapt")
+    # w starts at 2 and u is 5, so w + v + u - y = 6: each of w and v moves by 0.25 * 2 * 6 = 3
+    assert {name: float(value) for name, value in fast.items()} == {"w": 2.0 - 3.0, "v": -3.0}
+    with pytest.raises(ConfigError) as err:
+        UserAdaptProtocol._adapt(None, pipeline, "missing", cfg, None, "evaluation.protocols.0.rec_adapt")
+    assert err.value.path == "evaluation.protocols.0.rec_adapt.objectives"

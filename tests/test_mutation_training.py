@@ -2,15 +2,16 @@
 ties and fresh state, the CPU copy of the best state, and the NumPy part of a restored RNG state."""
 from __future__ import annotations
 
+import math
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
-from crs.errors import ConfigError, UnknownComponentError
+from crs.errors import ConfigError, DataError, UnknownComponentError
 from crs.training.early_stopping import EarlyStopper, check_metric_list, cpu_state_dict
-from crs.training.seeding import capture_rng_state, restore_rng_state
+from crs.training.seeding import capture_rng_state, restore_rng_state, seed_everything
 
 
 def stopper(metric="rec.recall@10", mode="max", patience=2):
@@ -91,6 +92,19 @@ def test_a_restored_rng_state_gives_the_same_numpy_draws_as_the_saved_one():
     restore_rng_state(state)
     assert np.array_equal(np.random.random(4), expected)
     assert np.random.get_state()[1].dtype == np.uint32
+
+
+@pytest.mark.parametrize("seed", [7, 2**32 + 7, "7"])  # NumPy takes the seed modulo 2**32; a string is cast
+def test_seeding_sets_pythons_numpys_and_torchs_streams(seed):
+    import random
+    seed_everything(seed)
+    drawn = random.random(), np.random.random(3), torch.rand(3)
+    random.seed(int(seed))
+    np.random.seed(7)
+    torch.manual_seed(int(seed))
+    assert drawn[0] == random.random()
+    assert np.array_equal(drawn[1], np.random.random(3))
+    assert torch.equal(drawn[2], torch.rand(3))
 
 
 # ------------------------------------------------------------------ MAML building blocks (crs.training.meta)
@@ -183,6 +197,64 @@ def test_a_chunked_task_side_is_the_sample_weighted_mean_of_its_chunks():
         task_loss(Loop(), [], {"scale": torch.tensor(1.0)})
 
 
+
+class _Offset(torch.nn.Module):
+    """loss.a = mean over the batch of (w + v - y)^2; a batch marked `skip` has a loss no parameter reaches."""
+
+    def __init__(self):
+        super().__init__()
+        self.w, self.v, self.u = (torch.nn.Parameter(torch.zeros(())) for _ in range(3))
+
+    def forward(self, batch, wanted):
+        if batch.get("skip"):
+            return {"loss.a": torch.tensor(0.0)}
+        return {"loss.a": ((self.w + self.v - batch["y"]) ** 2).mean()}
+
+
+def _ys(*values):
+    return {"y": torch.tensor(values), "batch.samples": list(values)}
+
+
+def test_inference_time_adaptation_takes_steps_on_the_sample_weighted_mean_loss():
+    from crs.training.meta import adapt_on_batches
+
+    model = _Offset()
+    batches = [{"skip": True, "batch.samples": [0]}, _ys(1.0, 1.0), _ys(4.0)]  # 4 samples, one without a gradient
+    fast = adapt_on_batches(model, {"w": model.w, "u": model.u}, lambda: iter(batches), {"loss.a": 1.0},
+                            steps=1, lr=0.25)
+    # gradient sum 2(0-1)*2 + 2(0-4) = -12 over 4 samples: w' = 0 - 0.25/4 * -12; u gets no gradient: left out
+    assert list(fast) == ["w"] and float(fast["w"]) == pytest.approx(0.75) and not fast["w"].requires_grad
+    two = adapt_on_batches(model, {"w": model.w}, lambda: iter(batches), {"loss.a": 1.0}, steps=2, lr=0.25)
+    assert float(two["w"]) == pytest.approx(0.75 + 0.25 / 4 * (2 * (1 - 0.75) * 2 + 2 * (4 - 0.75)))
+    fixed = adapt_on_batches(model, {"w": model.w}, lambda: iter(batches), {"loss.a": 1.0}, steps=1, lr=0.25,
+                             fixed={"v": torch.tensor(3.0), "w": torch.tensor(9.0)})  # w is adapted, so not fixed
+    assert float(fixed["w"]) == pytest.approx(-0.25 / 4 * (2 * (3 - 1) * 2 + 2 * (3 - 4)))
+    assert adapt_on_batches(model, {"w": model.w}, lambda: iter([]), {"loss.a": 1.0}, steps=1, lr=0.25) == {}
+    assert all(param.requires_grad for param in model.parameters()) and float(model.w.detach()) == 0.0
+
+
+def test_an_adaptation_objective_the_model_does_not_output_names_the_protocols_key():
+    from crs.training.meta import adapt_on_batches
+
+    model = _Offset()
+    with pytest.raises(ConfigError) as err:
+        adapt_on_batches(model, {"w": model.w}, lambda: iter([_ys(1.0)]), {"loss.b": 1.0}, steps=1, lr=0.1,
+                         path="evaluation.protocols.0.rec_adapt")
+    assert err.value.path == "evaluation.protocols.0.rec_adapt.objectives"
+
+
+def test_a_maml_step_takes_the_inner_steps_it_is_given_and_zero_steps_log_no_support_loss():
+    from crs.training.meta import maml_step
+
+    support, query = {"target": torch.tensor(1.0)}, {"target": torch.tensor(3.0)}
+    w = torch.zeros((), requires_grad=True)
+    maml_step(_QuadraticLoop(), [(support, query)], {"w": w}, lr=0.25, steps=2, support_in_outer=False)
+    # two steps: w' = 0.5, then 0.75; d query / d w = 2 (w'' - 3) (1 - 2 lr)^2 = -1.125
+    torch.testing.assert_close(w.grad, torch.tensor(-1.125))
+    parts = maml_step(_QuadraticLoop(), [(support, query)], {"w": torch.zeros((), requires_grad=True)}, lr=0.25,
+                      steps=0)
+    assert math.isnan(parts["support"]) and parts["loss"] == 9.0  # no step: the query loss at w, nothing added
+
 # ------------------------------------------------------------------ resuming (crs.training.checkpoint)
 def test_config_differences_list_every_changed_key_in_order():
     from crs.training.checkpoint import config_differences
@@ -222,7 +294,6 @@ def test_a_resume_with_another_config_shows_the_first_eight_differences_and_name
 
 
 def test_a_missing_or_mismatched_best_file_is_named_with_the_stage_and_epoch(tmp_path):
-    from crs.errors import DataError
     from crs.training.checkpoint import load_best, save_best
 
     fix = ("the run folder was changed outside this run; start the run over (--overwrite, without --resume) or in a "
@@ -308,6 +379,113 @@ def test_truncating_the_metrics_log_keeps_the_first_bytes_and_never_grows_it(tmp
     MetricsLog(tmp_path / "empty", fresh=False, tensorboard=False).truncate(0)  # no file: nothing to do
     assert not (tmp_path / "empty" / "metrics.jsonl").exists()
 
+
+
+def test_without_crs_debug_set_the_console_shows_info_and_one_set_up_replaces_the_last(monkeypatch):
+    import logging
+
+    from crs.training.run_log import _ConsoleHandler, setup_console
+
+    monkeypatch.delenv("CRS_DEBUG", raising=False)
+    logger = logging.getLogger("crs")
+    before = list(logger.handlers), logger.level
+    try:
+        setup_console()
+        assert logger.level == logging.INFO
+        setup_console()
+        assert sum(isinstance(h, _ConsoleHandler) for h in logger.handlers) == 1
+    finally:
+        logger.handlers[:] = before[0]
+        logger.setLevel(before[1])
+
+
+def test_a_console_that_cannot_be_written_reports_the_record_and_does_not_end_the_run(monkeypatch, capsys):
+    import logging
+
+    from crs.training.run_log import console
+
+    class Closed:
+        def write(self, text):
+            raise ValueError("I/O operation on closed file")
+
+        def flush(self):
+            pass
+
+    with console(debug=False):
+        monkeypatch.setattr("sys.stdout", Closed())
+        logging.getLogger("crs.test_closed").info("rec 1/3")  # must not raise
+        monkeypatch.undo()
+    assert "Message: 'rec 1/3'" in capsys.readouterr().err  # logging's report names the lost record
+
+
+@pytest.mark.parametrize("train, shown", [
+    ({"loss": 3.0, "loss.a": 1.0, "loss.b": 2.0}, "loss 3.00  loss.a 1.00  loss.b 2.00"),  # total first, then parts
+    ({"loss": 2.0, "loss.rec": 2.0}, "loss.rec 2.00"),  # one part: the total would repeat it
+    ({"loss": 2.0}, "loss 2.00"),
+    ({"loss.a": 1.0, "grad_norm": 0.5}, "loss.a 1.00  grad_norm 0.500"),
+])
+def test_an_epoch_line_shows_the_total_loss_only_beside_several_parts(train, shown):
+    from crs.training.run_log import epoch_line
+
+    assert epoch_line("rec", 1, 2, train, None, None, False, 0.0) == f"rec 1/2  {shown}  0.0s"
+
+
+@pytest.mark.parametrize("valid, metric, shown", [
+    ({"loss": 0.5, "rec.recall@10": 0.25}, None, "valid loss 0.500"),  # no metric: the valid loss, 3 digits
+    ({"loss": 0.5, "rec.recall@10": 0.25}, "rec.recall@50", "valid loss 0.500"),  # a metric not there: the loss
+    ({"loss.rec": 0.5, "rec.recall@10": 0.25}, "loss.rec", "valid loss.rec 0.500"),  # a loss part: loss digits
+    ({"rec.recall@10": 0.25}, "rec.recall@10", "valid rec.recall@10 0.2500"),
+])
+def test_an_epoch_line_shows_the_stopping_metric_or_else_the_valid_loss(valid, metric, shown):
+    from crs.training.run_log import epoch_line
+
+    assert epoch_line("conv", 2, 3, {}, valid, metric, False, 1.0) == f"conv 2/3  {shown}  1.0s"
+    assert epoch_line("conv", 2, 3, {}, {"rec.recall@10": 0.25}, None, True, 1.0) == "conv 2/3  1.0s"
+
+
+@pytest.mark.parametrize("value, text", [
+    (0.5, "0.500"), (5, "5.00"), (99.99, "100"), (100, "100.0"), (100.5, "100.5"), (1234.56, "1234.6"),
+    (-2.5, "-2.50"), (torch.tensor(2.5), "2.50"), (float("nan"), "nan"), (float("inf"), "inf"), (True, "True"),
+])
+def test_losses_show_three_significant_digits_below_100_and_one_decimal_from_there(value, text):
+    from crs.training.run_log import _loss_text
+
+    assert _loss_text(value) == text
+
+
+class _Board:
+    def __init__(self):
+        self.scalars, self.closed = [], 0
+
+    def add_scalar(self, tag, value, step):
+        self.scalars.append((tag, value, step))
+
+    def close(self):
+        self.closed += 1
+
+
+def test_the_metrics_log_writes_utf8_lines_and_numbers_to_tensorboard_by_scope(tmp_path, monkeypatch):
+    from crs.training import run_log
+
+    board = _Board()
+    monkeypatch.setattr(run_log, "_tensorboard_writer", lambda folder: board)
+    folder = tmp_path / "runs" / "new"  # parents are made
+    log = run_log.MetricsLog(folder, fresh=True)  # TensorBoard on by default
+    log.write("rec", 1, 4, "train", {"loss": torch.tensor(1.5), "note": "ok", "flag": True})
+    log.write("rec", 1, 4, "valid", {"rec.rückruf": 0.25, "bad": float("nan")}, scope="epoch")
+    lines = (folder / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+    assert lines[1] == ('{"stage": "rec", "epoch": 1, "step": 4, "split": "valid", "scope": "epoch", '
+                        '"rec.rückruf": 0.25, "bad": "nan"}')  # non-ASCII kept as it is, NaN as text
+    assert board.scalars == [("rec/train/loss", 1.5, 4), ("rec/valid_epoch/rec.rückruf", 0.25, 4)]
+    assert log.size() == len("\n".join(lines).encode("utf-8")) + 1
+    log.close()
+    log.close()
+    assert board.closed == 1
+    again = run_log.MetricsLog(folder, fresh=False, tensorboard=False)  # a resumed run keeps the lines
+    assert again.size() == log.size() and again._writer is None
+    run_log.MetricsLog(folder, fresh=True, tensorboard=False)
+    assert (folder / "metrics.jsonl").read_text() == ""
+    assert run_log.MetricsLog(tmp_path / "x", fresh=False, tensorboard=False).size() == 0  # no file yet
 
 # ------------------------------------------------------------------ which slots training reaches (crs.training.stage)
 class _Slots(torch.nn.Module):
@@ -406,6 +584,130 @@ def test_the_report_names_the_world_and_nccl_barriers_name_the_gpu(two_ranks, ba
     assert calls == [("barrier", kwargs)]
 
 
+
+def test_under_nccl_the_means_travel_on_the_gpu(two_ranks, monkeypatch):
+    from crs.training.distributed import all_reduce_weighted_means
+
+    made, tensor = [], torch.tensor
+
+    def on_cpu(data, dtype=None, device=None):  # record where the packet was meant to go; build it on the CPU
+        made.append(device)
+        return tensor(data, dtype=dtype)
+
+    two_ranks(backend="nccl", other=torch.tensor([6.0, 2.0], dtype=torch.float64))
+    monkeypatch.setattr(torch, "tensor", on_cpu)
+    assert all_reduce_weighted_means({"loss": 1.0}, weight=2) == {"loss": 2.0}
+    assert made == [torch.device("cuda")]
+
+
+def test_gathered_objects_come_in_rank_order_and_replicas_that_differ_are_named(two_ranks, monkeypatch):
+    from crs.training.distributed import check_replicas_agree, gather_objects
+
+    two_ranks(other=torch.zeros(1))
+    others = {"value": None}
+
+    def all_gather_object(gathered, value):
+        assert gathered == [None, None]
+        gathered[:] = [value, others["value"] if others["value"] is not None else value]
+
+    monkeypatch.setattr(torch.distributed, "all_gather_object", all_gather_object)
+    others["value"] = "theirs"
+    assert gather_objects("mine") == ["mine", "theirs"]
+    model = torch.nn.Linear(2, 1)
+    others["value"] = None  # the other rank holds the same state
+    check_replicas_agree(model, "rec epoch 2")
+    others["value"] = "another checksum"
+    with pytest.raises(RuntimeError) as err:
+        check_replicas_agree(model, "rec epoch 2")
+    assert str(err.value).startswith("rec epoch 2: the model state of rank(s) [1] differs from rank 0's; the "
+                                     "data-parallel replicas went out of step (")
+
+
+def test_a_strategy_that_cannot_be_sharded_is_refused_under_torchrun_by_name(two_ranks):
+    from crs.training.distributed import check_strategy
+
+    two_ranks(other=torch.zeros(1))
+    check_strategy(SimpleNamespace(distributed=True), {"type": "plain"}, "stages.0.strategy")
+    for node in ({"type": "maml", "inner_lr": 0.01}, "maml"):
+        with pytest.raises(ConfigError) as err:
+            check_strategy(SimpleNamespace(), node, "stages.0.strategy")
+        assert str(err.value) == (
+            "config key 'stages.0.strategy': the 'maml' training strategy cannot run under torchrun with 2 "
+            "processes: it does not train through sharded batches and DistributedDataParallel (maml's per-user "
+            "tasks and functional inner loop run outside DDP's gradient hooks)\n  fix: run this config in one "
+            "process (`crs run`, without torchrun), or train the stage with the plain strategy")
+
+
+def test_leaving_a_group_that_was_never_joined_destroys_nothing(two_ranks, monkeypatch):
+    from crs.training import distributed
+
+    two_ranks(other=torch.zeros(1))
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: False)
+    monkeypatch.setattr(torch.distributed, "destroy_process_group", lambda: pytest.fail("nothing to destroy"))
+    distributed.shutdown()
+    assert distributed.current() is distributed.SINGLE and distributed.SilentMetricsLog().size() == 0
+
+
+def test_other_ranks_seeds_are_fixed_functions_of_the_run_seed_and_the_rank():
+    from crs.training.distributed import rank_seed
+    from crs.training.seeding import derived_seed
+
+    # pinned: a resumed run must draw what the interrupted one drew, in this version and the next
+    assert (rank_seed(42, 0), rank_seed(42, 1), rank_seed(42, 2)) == (42, 2443843872, 3098059956)
+    assert derived_seed(7, 3) == derived_seed(2**32 + 7, 3) == 3466196061  # parts are taken modulo 2**32
+
+
+def test_a_joined_gpu_group_uses_nccl_on_the_local_ranks_gpu(a_gpu_machine):
+    from crs.training import distributed
+
+    chosen = []
+    a_gpu_machine.setattr(distributed, "_current", distributed.SINGLE)
+    a_gpu_machine.setattr(torch.distributed, "is_initialized", lambda: False)
+    a_gpu_machine.setattr(torch.distributed, "init_process_group", lambda backend, timeout: chosen.append(backend))
+    a_gpu_machine.setattr(torch.distributed, "get_rank", lambda: 1)
+    a_gpu_machine.setattr(torch.distributed, "get_world_size", lambda: 2)
+    a_gpu_machine.setattr(torch.cuda, "set_device", lambda index: chosen.append(index))
+    a_gpu_machine.setenv("WORLD_SIZE", "2")
+    a_gpu_machine.setenv("LOCAL_RANK", "1")
+    assert distributed.init_from_env("cuda").backend == "nccl" and chosen == [1, "nccl"]
+    a_gpu_machine.setattr(torch.cuda, "is_available", lambda: False)
+    a_gpu_machine.setattr(distributed, "_current", distributed.SINGLE)
+    with pytest.raises(ConfigError) as err:  # the one-process device check, with the caller's key
+        distributed.init_from_env("cuda", "stages.1.device")
+    assert err.value.path == "stages.1.device" and "torch sees none" in str(err.value)
+
+
+def test_a_cached_gaussian_survives_capture_and_restore():
+    np.random.seed(5)
+    np.random.standard_normal()  # draws two, returns one: the other is cached (has_gauss = 1)
+    state = capture_rng_state()
+    assert state["numpy"]["has_gauss"] == 1 and state["numpy"]["keys"].dtype == torch.int64
+    expected = np.random.standard_normal(3)
+    np.random.seed(6)
+    restore_rng_state(state)
+    assert np.array_equal(np.random.standard_normal(3), expected)
+
+
+def test_gpu_rng_states_are_captured_once_cuda_is_in_use_and_restored_on_the_gpus_there_are(monkeypatch):
+    restored, states = [], [torch.tensor([1], dtype=torch.uint8), torch.tensor([2], dtype=torch.uint8)]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)
+    assert "cuda" not in capture_rng_state()  # CUDA not started: capturing would start it
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: states)
+    state = capture_rng_state()
+    assert state["cuda"] is states
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)  # resumed on a machine with one GPU
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda value, device: restored.append((value, device)))
+    restore_rng_state(state)
+    assert restored == [(states[0], 0)]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    restore_rng_state(state)  # no GPU now: the CPU streams only
+    del state["cuda"]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    restore_rng_state(state)  # saved without CUDA: nothing to put back
+    assert len(restored) == 1
+
 # ------------------------------------------------------------------ trainer helpers, on a stand-in trainer
 def test_metric_early_stopping_without_a_protocol_names_the_key_and_the_fix():
     from crs.training.trainer import Trainer
@@ -441,6 +743,57 @@ def test_each_rank_resumes_its_own_rng_stream_and_extra_ranks_seed_a_fresh_one()
     assert torch.equal(torch.rand(3), expected)
     assert Trainer._own_rng(trainer(0), {"rng": "one process"}) == "one process"
 
+
+
+def test_ranks_other_than_0_run_the_validation_hooks_and_take_rank_0s_figures(monkeypatch):
+    from crs.training import distributed
+    from crs.training.trainer import Trainer
+
+    events = []
+
+    class Hooked(torch.nn.Module):
+        def on_eval_start(self, split, pipeline):
+            events.append(("start", split, pipeline, self.training))
+
+        def on_eval_end(self, split, pipeline):
+            events.append(("end", split, pipeline, self.training))
+
+    model = Hooked()
+    model.slots, model.shared = {"rec": model}, {}
+    pipeline = object()
+    trainer = SimpleNamespace(_dist=distributed.Distributed(rank=1, world_size=2), model=model, pipeline=pipeline,
+                              _validate=lambda *args: pytest.fail("only rank 0 validates"))
+    monkeypatch.setattr(distributed, "broadcast_object", lambda value: {"loss": 0.5} if value is None else value)
+    assert Trainer._validate_on_main(trainer, None, [], None, None) == {"loss": 0.5}
+    assert events == [("start", "valid", pipeline, False), ("end", "valid", pipeline, False)] and model.training
+
+
+def test_the_best_state_is_written_by_rank_0_under_the_stage_name_and_read_back_by_every_rank(tmp_path):
+    from crs.training import distributed
+    from crs.training.trainer import Trainer
+
+    model = torch.nn.Linear(2, 1)
+    plan = SimpleNamespace(name="rec", index=1)
+    stopper = SimpleNamespace(best_epoch=3, metric="rec.recall@10", best=0.25, legacy_best_state=None)
+
+    def trainer(rank):
+        return SimpleNamespace(_dist=distributed.Distributed(rank=rank, world_size=1), run_dir=tmp_path, model=model)
+
+    Trainer._save_best(trainer(1), plan, stopper)
+    assert not (tmp_path / "best.pt").exists()  # only rank 0 writes
+    Trainer._save_best(trainer(0), plan, stopper)
+    saved = torch.load(tmp_path / "best.pt", weights_only=True)
+    assert (saved["stage"], saved["stage_index"], saved["epoch"], saved["metric"], saved["value"]) == (
+        "rec", 1, 3, "rec.recall@10", 0.25)
+    expected = {key: value.clone() for key, value in model.state_dict().items()}
+    with torch.no_grad():
+        model.weight.zero_()
+    assert Trainer._restore_best(trainer(0), plan, stopper) is True
+    assert all(torch.equal(model.state_dict()[key], value) for key, value in expected.items())
+    assert Trainer._restore_best(trainer(0), plan, SimpleNamespace(best_epoch=None)) is False
+    with pytest.raises(DataError) as err:
+        Trainer._restore_best(trainer(0), plan, SimpleNamespace(best_epoch=4, legacy_best_state=None))
+    assert "the checkpoint expects the best model of stage 'rec' (1, 4)" in str(err.value)
 
 START_OVER = ("start the run over with --overwrite (instead of --resume), or train in a new folder (--run-dir DIR); a "
               "copy of the file from before the damage can also be put back")
@@ -741,6 +1094,54 @@ def test_under_torchrun_each_rank_gets_its_shard_of_every_global_batch():
     assert len(shards[0]) == len(shards[1]) == 3
 
 
+
+def test_under_torchrun_shards_follow_the_one_process_shuffle_and_group_by_length(monkeypatch):
+    from crs.training import distributed
+
+    sized = []
+    monkeypatch.setattr("crs.training.loop.padded_size", lambda sample, fields: sized.append(fields) or sample)
+    for group in (False, True):
+        for rank in (0, 1):
+            loop = _loop(group_by_length=group, dist=distributed.Distributed(rank=rank, world_size=2,
+                                                                             backend="gloo"))
+            expected = [shard.samples for shard in distributed.shard_batches(
+                list(range(5)), 2, shuffle=True, seed=11, rank=rank, world_size=2,
+                size_of=(lambda sample: sample) if group else None)]
+            assert [b["batch.samples"] for b in loop.batches()] == expected
+    assert sized and all(fields is _Batches.fields for fields in sized)  # only with group_by_length
+    rank_0 = _loop(dist=distributed.Distributed(rank=0, world_size=2, backend="gloo"))
+    assert [b["batch.samples"] for b in rank_0.batches()] != [[0], [2], [4]]  # shuffled, not in order
+
+
+def test_under_torchrun_the_loss_is_scaled_to_the_global_batch_and_its_parts_are_global_means(two_ranks):
+    from crs.training import distributed
+
+    # the other rank's shard: 1 sample with loss.rec 0.5 (weighted total 1.0)
+    two_ranks(other=torch.tensor([0.5, 1.0, 1.0], dtype=torch.float64))
+    loop = _loop(dist=distributed.current())
+    loop.stage.batch_size = 3  # global batches of 3: this rank takes 2 of each
+    loop.objectives, loop.plan, loop.wanted = {"loss.rec": 2.0}, SimpleNamespace(path="stages.0"), ("loss.rec",)
+    forwarded = []
+
+    def forward(batch, wanted):
+        forwarded.append((batch["batch.samples"], wanted))
+        return {"loss.rec": torch.tensor(1.5)}
+
+    loop._forward = forward
+    batches = loop.batches()
+    batch = next(batches)
+    total, parts = loop.loss(batch)
+    assert float(total) == pytest.approx(2.0 * 1.5 * (2 * 2 / 3))  # DDP averages over 2 ranks: x N * 2/3
+    assert parts == {"loss.rec": pytest.approx((1.5 * 2 + 0.5) / 3), "loss": pytest.approx((3.0 * 2 + 1.0) / 3)}
+    assert forwarded == [(batch["batch.samples"], ("loss.rec",))] and len(batch["batch.samples"]) == 2
+    for wrong in (lambda: loop.loss(batch),  # a batch's loss is taken once
+                  lambda: loop.loss(next(batches), params={"w": torch.zeros(1)}),  # no fast weights
+                  lambda: loop.loss({"batch.samples": [0]})):  # only batches from loop.batches()
+        with pytest.raises(RuntimeError) as err:
+            wrong()
+        assert str(err.value) == ("under torchrun, EpochLoop.loss takes the batches of loop.batches() and no "
+                                  "fast weights (crs.training.distributed)")
+
 # ------------------------------------------------------------------ devices, precision, checksums, lifecycle
 def test_device_names_torch_cannot_train_on_are_refused_naming_the_key():
     from crs.training.precision import Precision, resolve_device
@@ -766,6 +1167,103 @@ def test_cuda_without_a_gpu_says_why_and_how_to_fix_it():
     cpu_only = torch.version.cuda is None and torch.version.hip is None
     assert ("is a CPU-only build" in text) is cpu_only
     assert ("torch sees none (no driver, or CUDA_VISIBLE_DEVICES hides them)" in text) is not cpu_only
+
+
+@pytest.fixture
+def a_gpu_machine(monkeypatch):
+    """torch as a CUDA build on a machine with two GPUs (nothing runs on them: only the checks are exercised)."""
+    monkeypatch.setattr(torch.version, "cuda", "12.4")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    return monkeypatch
+
+
+def test_a_gpu_index_is_checked_against_the_gpus_there_are(a_gpu_machine):
+    from crs.training.precision import resolve_device
+
+    assert resolve_device(" cuda:1 ") == torch.device("cuda", 1)
+    assert resolve_device("cuda") == torch.device("cuda")
+    with pytest.raises(ConfigError) as err:
+        resolve_device("cuda:2", "stages.0.device")
+    assert str(err.value) == ("config key 'stages.0.device': 'cuda:2' asks for GPU 2, but this machine has 2 "
+                              "(numbered 0 to 1)\n  fix: use cuda:0 ... cuda:1, or cuda")
+
+
+def test_a_cuda_build_without_a_visible_gpu_and_a_cpu_build_say_which_it_is(monkeypatch):
+    from crs.training.precision import resolve_device
+
+    fix = "\n  fix: set device: cpu, or install a CUDA build of torch (https://pytorch.org/get-started) on a " \
+          "machine with a GPU"
+    monkeypatch.setattr(torch.version, "cuda", "12.4")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError) as err:
+        resolve_device("cuda", "device")
+    assert str(err.value) == ("config key 'device': 'cuda' needs a CUDA GPU, but torch sees none (no driver, or "
+                              "CUDA_VISIBLE_DEVICES hides them)" + fix)
+    monkeypatch.setattr(torch.version, "cuda", None)
+    monkeypatch.setattr(torch.version, "hip", "6.0")  # a ROCm build counts as a GPU build
+    with pytest.raises(ConfigError, match="torch sees none"):
+        resolve_device("cuda", "device")
+    monkeypatch.setattr(torch.version, "hip", None)
+    with pytest.raises(ConfigError) as err:
+        resolve_device("cuda:0", "device")
+    assert str(err.value) == (f"config key 'device': 'cuda:0' needs a CUDA GPU, but the installed torch "
+                              f"{torch.__version__} is a CPU-only build" + fix)
+
+
+def test_a_name_torch_cannot_parse_is_refused_with_the_names_that_work():
+    from crs.training.precision import resolve_device
+
+    with pytest.raises(ConfigError) as err:
+        resolve_device("gpu0", "device")
+    assert str(err.value) == ("config key 'device': 'gpu0' is not a device name torch understands\n"
+                              "  fix: use cpu, cuda (the current GPU) or cuda:N (GPU number N, from 0)")
+    assert err.value.__cause__ is None and err.value.__suppress_context__
+
+
+def test_bf16_on_a_gpu_without_it_is_refused_and_with_it_autocasts_to_bfloat16(a_gpu_machine):
+    from crs.training.precision import Precision
+
+    a_gpu_machine.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: False)
+    with pytest.raises(ConfigError) as err:
+        Precision("bf16", "cuda:0", "stages.1.precision")
+    assert str(err.value) == ("config key 'stages.1.precision': this GPU has no bfloat16 support (it needs compute "
+                              "capability 8.0 or newer)\n  fix: use precision: fp16 (with its gradient scaler) "
+                              "or fp32")
+    assert Precision("bf16", "cpu", "p").dtype is torch.bfloat16  # the GPU check is for GPUs only
+    a_gpu_machine.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: True)
+    precision = Precision("BF16", "cuda:0", "p")
+    assert precision.name == "bf16" and precision.dtype is torch.bfloat16 and precision.scaler is None
+
+
+def test_a_torch_without_an_fp16_scaler_for_the_device_says_which_and_what_to_use(monkeypatch):
+    from crs.training.precision import Precision
+
+    def no_scaler(device_type):
+        raise RuntimeError(f"no scaler for {device_type}")
+
+    monkeypatch.setattr(torch.amp, "GradScaler", no_scaler)
+    with pytest.raises(ConfigError) as err:
+        Precision("fp16", "cpu", "stages.0.precision")
+    assert str(err.value) == (f"config key 'stages.0.precision': this torch ({torch.__version__}) has no fp16 "
+                              f"gradient scaler for cpu (RuntimeError: no scaler for cpu)\n  fix: use "
+                              f"precision: bf16, or a newer torch")
+    assert err.value.__cause__ is None
+
+
+@pytest.mark.parametrize("name, dtype", [("bf16", torch.bfloat16), ("fp16", torch.float16)])
+def test_the_forward_autocasts_to_the_stages_dtype_and_the_backward_does_not(name, dtype):
+    from crs.training.precision import Precision
+
+    precision = Precision(name, "cpu", "p")
+    a, b = torch.randn(4, 4), torch.randn(4, 4)
+    with precision.autocast():
+        assert (a @ b).dtype is dtype and torch.is_autocast_enabled("cpu")
+        with precision.no_autocast():
+            assert (a @ b).dtype is torch.float32 and not torch.is_autocast_enabled("cpu")
+    fp32 = Precision("fp32", "cpu", "p")
+    with fp32.autocast(), fp32.no_autocast():
+        assert (a @ b).dtype is torch.float32 and not fp32.enabled
 
 
 def test_the_checksum_tells_apart_values_that_print_alike():
@@ -874,3 +1372,328 @@ def test_unknown_optimizer_or_schedule_types_name_the_key():
         build_scheduler(SimpleNamespace(type="step", warmup_steps=0, warmup_epochs=0), optimizer, 10,
                         "stages.0.schedule")
     assert err.value.path == "stages.0.schedule.type" and "unknown learning-rate schedule 'step'" in str(err.value)
+
+
+def test_between_its_ends_cosine_decay_is_not_linear():
+    from crs.training.optim import LRFactor
+
+    cosine, linear = LRFactor("cosine", 0, 4), LRFactor("linear", 0, 4)
+    assert cosine(1) == pytest.approx(0.5 * (1 + math.cos(math.pi / 4))) and linear(1) == 0.75
+
+
+def test_a_warmup_in_epochs_without_the_epochs_length_is_no_warmup():
+    from crs.training.optim import build_scheduler
+
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    spec = SimpleNamespace(type="constant", warmup_steps=0, warmup_epochs=0.5)
+    assert build_scheduler(spec, optimizer, 10, "s").get_last_lr() == [1.0]
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    assert build_scheduler(spec, optimizer, 10, "s", steps_per_epoch=4).get_last_lr() == [pytest.approx(1 / 3)]
+
+
+def _optimizer_spec(**changes):
+    spec = dict(type="adam", lr=0.05, weight_decay=0.01, momentum=0.5, eps=1e-6, groups=[], no_decay=[])
+    spec.update(changes)
+    return SimpleNamespace(**spec)
+
+
+@pytest.mark.parametrize("kind, cls, extra", [
+    ("adam", torch.optim.Adam, {"eps": 1e-6}), ("AdamW", torch.optim.AdamW, {"eps": 1e-6}),
+    ("sgd", torch.optim.SGD, {"momentum": 0.5})])
+def test_each_optimizer_gets_the_stages_numbers(kind, cls, extra):
+    from crs.training.optim import build_optimizer
+
+    optimizer = build_optimizer(_optimizer_spec(type=kind), [torch.nn.Parameter(torch.zeros(2))], "o")
+    group = optimizer.param_groups[0]
+    assert type(optimizer) is cls and group["lr"] == 0.05 and group["weight_decay"] == 0.01
+    assert {key: group[key] for key in extra} == extra
+
+
+def test_an_unchecked_spec_is_checked_with_its_path_and_listed_parameters_are_named_by_position():
+    from crs.training.optim import build_optimizer
+
+    params = [torch.nn.Parameter(torch.zeros(1)) for _ in range(2)]
+    with pytest.raises(ConfigError) as err:
+        build_optimizer(_optimizer_spec(lr=0.0), params, "stages.2.optimizer")
+    assert err.value.path == "stages.2.optimizer.lr"
+    build_optimizer(_optimizer_spec(lr=0.0), params, "o", checked=True)  # the trainer checked it before
+    group = SimpleNamespace(params=["1"], lr=0.5, weight_decay=None)
+    optimizer = build_optimizer(_optimizer_spec(groups=[group]), params, "o")
+    assert [(g["name"], g["params"][0] is params[i], g["lr"]) for i, g in enumerate(optimizer.param_groups)] == [
+        ("default", True, 0.05), ("groups.0", True, 0.5)]
+
+
+@pytest.mark.parametrize("key, value, fix", [
+    ("lr", 0.0, "e.g. lr: 0.0001, or leave lr out to use the optimizer's"),
+    ("weight_decay", -0.1, "e.g. weight_decay: 0.0, or leave it out to use the optimizer's")])
+def test_a_groups_numbers_are_checked_with_their_own_example(key, value, fix):
+    from crs.training.optim import check_optimizer
+
+    group = SimpleNamespace(params=["a"], lr=None, weight_decay=None)
+    setattr(group, key, value)
+    with pytest.raises(ConfigError) as err:
+        check_optimizer(_optimizer_spec(groups=[group]), "stages.0.optimizer")
+    assert err.value.path == f"stages.0.optimizer.groups.0.{key}" and err.value.fix == fix
+
+
+@pytest.mark.parametrize("count, shown", [
+    (8, "p0, p1, p2, p3, p4, p5, p6, p7"),
+    (9, "p0, p1, p2, p3, p4, p5, p6, p7, ... (9 in all)")])
+def test_a_group_without_globs_lists_at_most_eight_parameter_names(count, shown):
+    from crs.training.optim import _assign_groups
+
+    with pytest.raises(ConfigError) as err:
+        _assign_groups([SimpleNamespace(params=[])], [f"p{i}" for i in range(count)], "stages.0.optimizer.groups")
+    assert str(err.value) == ("config key 'stages.0.optimizer.groups.0.params': the group lists no parameter globs\n"
+                              f"  fix: e.g. params: [\"recommender.*\"]; this stage's parameters: {shown}")
+
+
+def test_a_group_left_with_nothing_by_earlier_groups_is_refused():
+    from crs.training.optim import _assign_groups
+
+    groups = [SimpleNamespace(params=["rec.*"]), SimpleNamespace(params=["rec.w"])]
+    with pytest.raises(ConfigError) as err:
+        _assign_groups(groups, ["rec.w", "gen.w"], "o.groups")
+    assert str(err.value) == ("config key 'o.groups.1.params': every parameter it matches already belongs to an "
+                              "earlier group (each parameter goes to the first group that matches it)\n"
+                              "  fix: remove this group, or narrow the globs of the earlier groups")
+
+
+def test_the_checksum_of_each_kind_of_value_is_pinned_so_old_checkpoints_still_verify():
+    from crs.training.checksum import state_checksum
+
+    value = {"t": torch.arange(6, dtype=torch.float32).reshape(2, 3), "empty": torch.zeros(0),
+             "l": [1, "é", b"\x00\x01"], "u": (None, True, 2.5, float("nan")), "d": torch.float16,
+             "dev": torch.device("cpu")}
+    assert state_checksum(value) == "sha256:654080a086f4ab9c0223df14deab620987ba6c896caa5b067a3961f9824b1a1f"
+    assert state_checksum({"b": b"\x00\x01"}) != state_checksum({"b": b"\x00\x02"})
+
+
+def test_a_torch_error_while_reading_a_checkpoint_is_quoted_on_one_line(tmp_path, monkeypatch):
+    from crs.training import checkpoint
+
+    (tmp_path / "checkpoint.pt").write_bytes(b"x")
+
+    def unreadable(*args, **kwargs):
+        raise RuntimeError("PytorchStreamReader failed\n    reading zip archive:  failed finding central directory")
+
+    monkeypatch.setattr(torch, "load", unreadable)
+    with pytest.raises(DataError) as err:
+        checkpoint.load_checkpoint(tmp_path)
+    assert str(err.value).startswith(f"{tmp_path / 'checkpoint.pt'}: the checkpoint cannot be read (RuntimeError: "
+                                     "PytorchStreamReader failed reading zip archive: failed finding central "
+                                     "directory)\n")
+
+
+def test_config_values_json_cannot_hold_are_compared_as_text():
+    from pathlib import Path
+
+    from crs.training.checkpoint import comparable_config
+
+    assert comparable_config({"data": {"root": Path("/data/redial")}, "seed": 3}) == {
+        "data": {"root": "/data/redial"}, "seed": 3}
+    assert comparable_config(None) == {}
+
+
+# ------------------------------------------------------------------ one epoch's steps (crs.training.loop.EpochLoop)
+def _epoch_loop(accumulate=1, grad_clip=0.0, precision=None, metrics=None, **kwargs):
+    from crs.training.loop import EpochLoop
+
+    w = torch.nn.Parameter(torch.zeros(()))
+    model = torch.nn.Module()
+    model.w = w
+    model.compute = lambda batch, wanted: batch  # a batch here is already the state
+    stage = SimpleNamespace(grad_clip=grad_clip, name="rec", epochs=4, batch_size=2)
+    plan = SimpleNamespace(spec=stage, index=3, samples=[], objectives={"loss.a": 1.0}, wanted=["loss.a"],
+                           accumulate=accumulate, path="stages.3")
+    return EpochLoop(pipeline=SimpleNamespace(model=model), plan=plan, parameters=[w],
+                     optimizer=torch.optim.SGD([w], lr=1.0), scheduler=None, epoch=2, global_step=6, run_seed=1,
+                     metrics=metrics, precision=precision, **kwargs), w
+
+
+def test_a_non_finite_loss_names_the_learning_rate_the_epoch_and_the_step():
+    loop, w = _epoch_loop()
+    with pytest.raises(ConfigError) as err:
+        loop.backward(w * float("nan"))
+    assert str(err.value) == ("config key 'stages.3.optimizer.lr': the loss became nan at epoch 3, step 7\n"
+                              "  fix: lower the learning rate, set grad_clip (e.g. 1.0) or add a warmup")
+    with pytest.raises(ConfigError) as err:
+        loop.loss({"loss.b": torch.tensor(1.0)})  # a state without the stage's objective
+    assert err.value.path == "stages.3.objectives"
+
+
+def test_accumulated_batches_step_once_with_their_mean_gradient_and_clear_it():
+    loop, w = _epoch_loop(accumulate=2)
+    loop.backward(4.0 * w)
+    loop.end_batch()
+    assert float(w.grad) == 2.0 and loop.global_step == 6  # 1/accumulate of each batch; no step yet
+    loop.backward(2.0 * w)
+    loop.end_batch()
+    assert float(w.detach()) == -3.0 and w.grad is None and loop.global_step == 7  # mean of 4 and 2, lr 1
+
+
+def test_a_short_last_group_steps_with_the_mean_over_its_own_batches():
+    loop, w = _epoch_loop(accumulate=4)
+    for slope in (4.0, 2.0):
+        loop.backward(slope * w)
+        loop.end_batch()
+    loop.finish()  # 2 of 4 batches: (4 + 2) / 4 scaled back to their mean, 3
+    assert float(w.detach()) == -3.0 and loop.global_step == 7
+
+
+def test_a_step_on_hand_set_gradients_uses_them_as_they_are():
+    loop, w = _epoch_loop(accumulate=2)
+    w.grad = torch.tensor(1.0)
+    loop.step(None)
+    assert float(w.detach()) == -1.0 and loop.global_step == 7
+    loop.backward(w * 2.0)
+    loop.end_batch()
+    with pytest.raises(RuntimeError) as err:
+        loop.step(None)
+    assert str(err.value) == ("EpochLoop.step(None) called while step(loss) gradients are still being accumulated; "
+                              "a strategy uses one of the two")
+
+
+def test_under_fp16_the_gradient_is_unscaled_before_clipping_and_hand_set_ones_are_not_unscaled():
+    from crs.training.precision import Precision
+
+    loop, w = _epoch_loop(grad_clip=0.5, precision=Precision("fp16", "cpu", "p"))
+    loop.step(4.0 * w)  # scaled by 65536 in backward; unscaled, then clipped to 0.5
+    assert float(w.detach()) == pytest.approx(-0.5)
+    loop, w = _epoch_loop(precision=Precision("fp16", "cpu", "p"))
+    w.grad = torch.tensor(1.0)  # a strategy's own gradient: never scaled, so never unscaled
+    loop.step(None)
+    assert float(w.detach()) == -1.0
+
+
+class _Bar:
+    def __init__(self):
+        self.postfixes, self.closed = [], 0
+
+    def __iter__(self):
+        return iter(())
+
+    def set_postfix(self, values, refresh):
+        self.postfixes.append((values, refresh))
+
+    def close(self):
+        self.closed += 1
+
+
+def test_every_log_every_steps_the_step_means_go_to_the_log_and_the_bar(monkeypatch):
+    written = []
+    metrics = SimpleNamespace(write=lambda *args: written.append(args))
+    loop, w = _epoch_loop(metrics=metrics)  # log_every 50 by default; the stage is at step 6
+    loop.global_step = 48
+    bar = loop._bar = _Bar()
+    for value in (2.0, 3.0):
+        loop.step(w * 0.0)
+        loop.log_step({"loss": value})
+    assert written == [("rec", 3, 50, "train", {"loss": 3.0, "lr": 1.0})]  # step 49 is not logged
+    assert bar.postfixes == [({"loss": "3"}, False)]  # drawn with the next tick, not forced
+    assert loop.mean_parts() == {"loss": 2.5}
+    loop.close()
+    assert bar.closed == 1 and loop._bar is None
+
+
+def test_a_fresh_loop_shows_a_bar_by_default_and_reads_the_stage_index_and_the_forward(monkeypatch):
+    shown = []
+    monkeypatch.setattr("crs.training.loop.progress_bar", lambda items, **kwargs: shown.append(kwargs) or _Bar())
+    loop, _ = _epoch_loop()
+    loop.pipeline.batches = lambda *args, **kwargs: iter(())
+    list(loop.batches())
+    assert shown[0]["enabled"] is True and loop.stage_index == 3 and loop._forward is loop.model
+    replica = torch.nn.Module()
+    assert _epoch_loop(forward=replica)[0]._forward is replica
+    one, _ = _epoch_loop()
+    one.log_step({"loss": 4.0})
+    assert one.mean_parts() == {"loss": 4.0}
+
+
+def test_under_torchrun_a_fresh_loop_takes_only_batches_it_handed_out(two_ranks):
+    two_ranks(other=torch.zeros(1))
+    loop, _ = _epoch_loop()
+    with pytest.raises(RuntimeError, match="takes the batches of loop.batches"):
+        loop.loss({"batch.samples": [0]})
+
+
+# ------------------------------------------------------------------ early stopping set-up (crs.training.trainer)
+@pytest.mark.parametrize("validate, why", [
+    (False, "the stage sets validate: false"), (True, "there are no valid samples for task 'conv'")])
+def test_early_stopping_without_validation_says_why_there_is_none(validate, why):
+    from crs.training.trainer import Trainer
+
+    spec = SimpleNamespace(early_stopping=SimpleNamespace(metric="loss", mode="min", patience=2), validate=validate,
+                           task="conv")
+    plan = SimpleNamespace(spec=spec, path="stages.2", objectives={"loss.gen": 1.0})
+    with pytest.raises(ConfigError) as err:
+        Trainer._early_stopper(None, plan, [])
+    assert str(err.value) == (f"config key 'stages.2.early_stopping': early stopping needs validation, but {why}\n"
+                              "  fix: set validate: true and make sure a valid split exists (samples.valid_fraction "
+                              "> 0), or remove early_stopping")
+
+
+@pytest.mark.parametrize("metric, where", [
+    ("loss.rec", "stages.2.early_stopping.metric"), (["loss", "loss.rec"], "stages.2.early_stopping.metric.1")])
+def test_stopping_on_a_loss_the_stage_does_not_train_names_the_metric_and_the_stages_losses(metric, where):
+    from crs.training.trainer import Trainer
+
+    spec = SimpleNamespace(early_stopping=SimpleNamespace(metric=metric, mode="min", patience=2), validate=True,
+                           task="conv")
+    plan = SimpleNamespace(spec=spec, path="stages.2", objectives={"loss.gen": 1.0, "loss.copy": 0.5})
+    with pytest.raises(ConfigError) as err:
+        Trainer._early_stopper(None, plan, ["a valid sample"])
+    assert str(err.value) == (f"config key '{where}': 'loss.rec' is not one of the stage's objectives\n"
+                              "  fix: use 'loss' (the weighted total) or one of: loss.gen, loss.copy")
+    plan.objectives["loss.rec"] = 1.0
+    assert Trainer._early_stopper(None, plan, ["a valid sample"]).metric == "+".join(
+        metric if isinstance(metric, list) else [metric])
+
+
+def test_validation_is_the_sample_weighted_valid_loss_plus_the_protocols_numbers(monkeypatch):
+    import crs.evaluation
+    from crs.training.trainer import Trainer
+
+    heard, asked, evaluated = [], [], []
+
+    class Model(torch.nn.Module):
+        def compute(self, batch, wanted):
+            assert not self.training and not torch.is_grad_enabled() and wanted == ["loss.rec"]
+            return {"loss.rec": torch.tensor(batch["loss"])}
+
+        def on_eval_start(self, split, pipeline):
+            heard.append(("start", split, pipeline))
+
+        def on_eval_end(self, split, pipeline):
+            heard.append(("end", split, pipeline))
+
+    model = Model()
+    model.slots, model.shared = {"rec": model}, {}
+
+    def batches(samples, size, shuffle, seed):
+        asked.append((size, shuffle, seed))
+        return iter([{"loss": value, "batch.samples": [value] * count} for value, count in samples])
+
+    def evaluate(pipeline, split, **kwargs):
+        evaluated.append((split, kwargs))
+        return {"crslab-v1": {"rec.recall@10": 0.5, "rec.count": 3, "rec.flag": True, "rec.note": "text"}}
+
+    monkeypatch.setattr(crs.evaluation, "evaluate", evaluate)
+    pipeline = SimpleNamespace(batches=batches)
+    trainer = SimpleNamespace(model=model, pipeline=pipeline, spec=SimpleNamespace(seed="7"))
+    plan = SimpleNamespace(spec=SimpleNamespace(batch_size=2), wanted=["loss.rec"], objectives={"loss.rec": 2.0},
+                           path="stages.1")
+    assert Trainer._validate(trainer, plan, [(1.0, 2), (4.0, 1)], None) == {"loss.rec": 2.0, "loss": 4.0}
+    assert asked == [(2, False, 7)] and heard == [("start", "valid", pipeline), ("end", "valid", pipeline)]
+    assert model.training and evaluated == []  # back in training mode; no protocol, no evaluation
+    protocol, stopper = SimpleNamespace(id="crslab-v1"), SimpleNamespace(evaluation_tasks=("rec",))
+    assert Trainer._validate(trainer, plan, [(3.0, 1)], protocol, stopper) == {
+        "loss.rec": 3.0, "loss": 6.0, "rec.recall@10": 0.5, "rec.count": 3.0}  # numbers only, flags left out
+    assert evaluated == [("valid", {"protocols": [protocol], "generate": False, "tasks": ("rec",), "hooks": False})]
+    assert heard[2:] == [("start", "valid", pipeline), ("end", "valid", pipeline)]  # one bracket for both passes
+    monkeypatch.setattr(crs.evaluation, "evaluate", lambda *args, **kwargs: {})  # the protocol scored nothing
+    assert Trainer._validate(trainer, plan, [(3.0, 1)], protocol, stopper) == {"loss.rec": 3.0, "loss": 6.0}
+    plan.objectives = {"loss.gen": 1.0}
+    with pytest.raises(ConfigError) as err:
+        Trainer._validate(trainer, plan, [(1.0, 1)], None)
+    assert err.value.path == "stages.1.objectives" and model.training
