@@ -1697,3 +1697,193 @@ def test_validation_is_the_sample_weighted_valid_loss_plus_the_protocols_numbers
     with pytest.raises(ConfigError) as err:
         Trainer._validate(trainer, plan, [(1.0, 1)], None)
     assert err.value.path == "stages.1.objectives" and model.training
+
+
+# ------------------------------------------------------------------ stage checks (crs.training.stage)
+def _stage(**changes):
+    optimizer = SimpleNamespace(lr=0.001, weight_decay=0.0, momentum=0.0, eps=1e-8, groups=[])
+    stage = dict(epochs=0, batch_size=1, grad_clip=0.0, accumulate=1, objectives={"rec": 1},
+                 optimizer=optimizer, schedule=SimpleNamespace(warmup_steps=0, warmup_epochs=0))
+    stage.update(changes)
+    return SimpleNamespace(**stage)
+
+
+def test_the_smallest_valid_stage_numbers_pass():
+    from crs.training.stage import check_stage_numbers
+
+    check_stage_numbers(_stage(), 0)  # 0 epochs, batch 1, no clipping, a step per batch, an int weight
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"epochs": -1}, "config key 'stages.2.epochs': must be >= 0, got -1"),
+    ({"batch_size": 0}, "config key 'stages.2.batch_size': must be >= 1, got 0"),
+    ({"grad_clip": float("nan")}, "config key 'stages.2.grad_clip': must be a finite number >= 0, got nan\n"
+                                  "  fix: the largest global gradient norm, e.g. grad_clip: 1.0; 0 turns clipping off"),
+    ({"accumulate": 0}, "config key 'stages.2.accumulate': must be >= 1 (batches per optimizer step), got 0\n"
+                        "  fix: use 1 for a step after every batch"),
+    ({"objectives": {"rec": True}}, "config key 'stages.2.objectives.rec': the weight must be a finite number, got "
+                                    "True\n  fix: a loss weight, e.g. 1.0"),
+    ({"objectives": {"gen": "1"}}, "config key 'stages.2.objectives.gen': the weight must be a finite number, got "
+                                   "'1'\n  fix: a loss weight, e.g. 1.0"),
+])
+def test_each_stage_number_out_of_range_is_named_with_its_key(changes, message):
+    from crs.training.stage import check_stage_numbers
+
+    with pytest.raises(ConfigError) as err:
+        check_stage_numbers(_stage(**changes), 2)
+    assert str(err.value) == message
+
+
+def test_a_stage_that_lists_no_slot_or_an_unknown_one_is_refused_with_the_slots_there_are():
+    from crs.training.stage import resolve_parameters
+
+    model = SimpleNamespace(slots={"rec": None, "gen": None}, shared={"tokens": None})
+    with pytest.raises(ConfigError) as err:
+        resolve_parameters(model, [], "stages.1")
+    assert str(err.value) == ("config key 'stages.1.train': no slot is listed, so the stage would train nothing\n"
+                              "  fix: list slots to train (or '*' for all): rec, gen, shared.tokens")
+    with pytest.raises(UnknownComponentError) as err:
+        resolve_parameters(model, ["rec", "recc"], "stages.1")
+    assert err.value.path == "stages.1.train" and "unknown slot 'recc'" in str(err.value)
+
+
+def _wired_model():
+    from crs.shared import SharedRef
+
+    tokens = torch.nn.Embedding(3, 2)
+    slots = {name: torch.nn.Linear(1, 1) for name in ("encoder", "rec", "gen")}
+    slots["encoder"].words = SharedRef("tokens", tokens)  # the encoder borrows shared.tokens
+    slots["gen"].words = SharedRef("tokens", tokens)
+    plans = {("loss.rec",): ["encoder", "rec"], ("loss.gen",): ["gen"], ("loss.other",): ["rec"]}
+    return SimpleNamespace(slots=slots, wiring=SimpleNamespace(plan=lambda objectives: plans[tuple(objectives)]))
+
+
+@pytest.mark.parametrize("train, objective, unused", [
+    (["encoder", "rec", "gen", "shared.tokens"], "loss.rec", ["gen"]),
+    (["encoder", "gen", "shared.tokens"], "loss.other", ["encoder", "gen", "shared.tokens"]),
+    (["*"], "loss.other", []),  # everything: never flagged
+    (["rec", "not_a_slot"], "loss.other", []),  # unknown names are resolve_parameters' to refuse
+])
+def test_trained_slots_the_objectives_never_run_are_found(train, objective, unused):
+    from crs.training.stage import untouched_slots
+
+    assert untouched_slots(_wired_model(), train, {objective: 1.0}) == unused
+    assert untouched_slots(SimpleNamespace(slots={}), ["rec"], {objective: 1.0}) == []  # no wiring: nothing known
+
+
+@pytest.mark.parametrize("train, text", [
+    (["rec", "gen"], "trains gen, but none of its objectives (rec) uses its outputs, so the stage does not change "
+                     "it; drop it from `train:` or add an objective that needs it"),
+    (["encoder", "gen", "shared.tokens"], None),
+])
+def test_the_untouched_slots_warning_names_them_and_the_stages_losses(train, text, caplog):
+    from crs.training.stage import warn_untouched_slots
+
+    objectives = {"loss.rec": 1.0} if text else {"loss.other": 1.0}
+    with caplog.at_level("WARNING", logger="crs.training"):
+        warn_untouched_slots(_wired_model(), train, objectives, "stages.1", "rec")
+    if text is None:  # three unused: plural
+        text = ("trains encoder, gen, shared.tokens, but none of its objectives (other) uses their outputs, so the "
+                "stage does not change them; drop them from `train:` or add an objective that needs them")
+    assert caplog.messages == [f"stages.1.train: stage 'rec' {text}"]
+
+
+# ------------------------------------------------------------------ a whole stage (Trainer._run_stage)
+def _toy():
+    """tests/test_training.py, whose fake pipeline the trainer tests share (imported whatever pytest's mode)."""
+    import importlib
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    return importlib.import_module("test_training")
+
+
+def _toy_pipeline(*stages, **kwargs):
+    return _toy().ToyPipeline(list(stages), **kwargs)
+
+
+def _toy_stage(name="rec", **overrides):
+    return _toy().make_stage(name, **overrides)
+
+
+def test_a_stage_says_each_epoch_its_early_stop_and_restore_and_counts_its_time(tmp_path, monkeypatch, capsys):
+    from crs.config.spec import EarlyStoppingSpec
+    from crs.training import Trainer
+    from crs.training import trainer as trainer_module
+    from crs.training.optim import norm_parameter_ids
+    from crs.training.run_log import console, epoch_line
+
+    events, bars, built = [], [], []
+
+    class Hooked(torch.nn.Linear):
+        def on_train_start(self, stage, pipeline):
+            events.append(("start", stage.name, pipeline))
+
+        def on_train_end(self, stage, pipeline):
+            events.append(("end", stage.name, pipeline))
+
+    clock = iter(float(t) for t in range(1000))  # one second per reading: every duration is a count of readings
+    monkeypatch.setattr(trainer_module, "time", SimpleNamespace(perf_counter=lambda: next(clock)))
+    monkeypatch.setattr("crs.training.loop.progress_bar", lambda items, **kwargs: bars.append(kwargs) or items)
+    real_build_optimizer = trainer_module.build_optimizer
+    monkeypatch.setattr(trainer_module, "build_optimizer", lambda *args, **kwargs: built.append(
+        kwargs["norm_ids"]) or real_build_optimizer(*args, **kwargs))
+    # mode max on a falling loss: epoch 1 stays best, so patience 1 stops after epoch 2 and restores epoch 1
+    stopping = EarlyStoppingSpec(metric="loss.rec", mode="max", patience=1)
+    pipeline = _toy_pipeline()
+    pipeline.spec.stages = [_toy_stage(epochs=4, early_stopping=stopping),
+                            _toy_stage("aux", epochs=0, objectives={"aux": 1.0}, train=["aux"])]
+    pipeline.model.slots["aux"] = Hooked(4, 1)
+    trainer = Trainer(pipeline, tmp_path, progress=True)
+    with console(debug=False):
+        history = trainer.fit()
+    said = capsys.readouterr().out.splitlines()
+    rec = history["rec"]
+    lines = [epoch_line("rec", epoch, 4, rec[epoch - 1]["train"], rec[epoch - 1]["valid"], "loss.rec",
+                        epoch == 1, 4.0) for epoch in (1, 2)]
+    best = rec[0]["valid"]["loss.rec"]
+    assert [line for line in said if line.startswith(("rec ", "stage 'rec'"))] == lines + [
+        "stage 'rec': early stop after epoch 2 (no better loss.rec for 1 epochs)",
+        f"stage 'rec': restored the best epoch (1, loss.rec = {best:.6g})"]
+    assert trainer.timings["rec"] == {"epochs": 2, "train_s": 2.0, "samples": 2 * 96, "valid_s": 2.0}
+    assert events == [("start", "rec", pipeline), ("end", "rec", pipeline),
+                      ("start", "aux", pipeline), ("end", "aux", pipeline)]  # a stage of 0 epochs ends too
+    assert [bar["enabled"] for bar in bars] == [True, True]
+    assert built == [norm_parameter_ids(pipeline.model)] * 2
+
+
+def test_planning_a_stage_refuses_frozen_slots_and_an_empty_train_split_by_key(caplog):
+    from crs.training.stage import plan_stage
+
+    pipeline = _toy_pipeline()
+    for param in pipeline.model.slots["aux"].parameters():
+        param.requires_grad_(False)
+    with pytest.raises(ConfigError) as err:
+        plan_stage(pipeline, _toy_stage(train=["aux"], objectives={"aux": 1.0}), 1)
+    assert str(err.value) == ("config key 'stages.1.train': the slots ['aux'] have no trainable parameters\n"
+                              "  fix: list slots that own parameters")
+    pipeline.samples["train"] = []
+    with pytest.raises(ConfigError) as err:
+        plan_stage(pipeline, _toy_stage(epochs=1, task="conv"), 1)
+    assert str(err.value) == ("config key 'stages.1.task': the train split has no samples for task 'conv'\n"
+                              "  fix: check the data, or use another task (rec, conv, all)")
+    assert plan_stage(pipeline, _toy_stage(epochs=0), 1).samples == []  # nothing to train on is fine at 0 epochs
+    pipeline.model.wiring = SimpleNamespace(plan=lambda objectives: ["encoder", "rec"])
+    with caplog.at_level("WARNING", logger="crs.training"):
+        plan_stage(pipeline, _toy_stage("warm", epochs=0, train=["rec", "encoder", "aux"]), 2)
+    assert caplog.messages == ["stages.2.train: stage 'warm' trains aux, but none of its objectives (rec) uses its "
+                               "outputs, so the stage does not change it; drop it from `train:` or add an objective "
+                               "that needs it"]
+
+
+def test_the_objective_is_the_weighted_sum_of_mean_losses_and_a_missing_one_is_named():
+    from crs.training.loop import weighted_objective
+
+    state = {"loss.rec": torch.tensor([1.0, 3.0]), "loss.gen": torch.tensor(0.5)}  # a per-sample vector is averaged
+    total, parts = weighted_objective(state, {"loss.rec": 2.0, "loss.gen": 4.0}, "stages.0")
+    assert float(total) == 6.0 and parts == {"loss.rec": 2.0, "loss.gen": 0.5, "loss": 6.0}
+    with pytest.raises(ConfigError) as err:
+        weighted_objective(state, {"loss.copy": 1.0}, "stages.0")
+    assert str(err.value) == ("config key 'stages.0.objectives': the model did not output 'loss.copy' for this batch\n"
+                              "  fix: check that the stage's task gives the inputs this loss needs (e.g. targets)")
