@@ -1887,3 +1887,74 @@ def test_the_objective_is_the_weighted_sum_of_mean_losses_and_a_missing_one_is_n
         weighted_objective(state, {"loss.copy": 1.0}, "stages.0")
     assert str(err.value) == ("config key 'stages.0.objectives': the model did not output 'loss.copy' for this batch\n"
                               "  fix: check that the stage's task gives the inputs this loss needs (e.g. targets)")
+
+
+def test_objective_names_are_checked_with_the_losses_the_model_provides():
+    from crs.training.stage import resolve_objectives
+
+    provided = {"loss.rec", "loss.gen"}
+    with pytest.raises(ConfigError) as err:
+        resolve_objectives({}, provided, "stages.0")
+    assert str(err.value) == ("config key 'stages.0.objectives': the stage has no objectives, so it would train "
+                              "nothing\n  fix: give loss names and weights, e.g. objectives: {rec: 1.0}; this model "
+                              "provides: gen, rec")
+    with pytest.raises(ConfigError, match=r"this model provides: \(no losses\)$"):
+        resolve_objectives({}, set(), "stages.0")
+    for name, suggestion in (("recc", "'rec'"), ("loss.recc", "'loss.rec'")):  # suggested as the stage writes it
+        with pytest.raises(UnknownComponentError) as err:
+            resolve_objectives({name: 1.0}, provided, "stages.0")
+        assert err.value.path == f"stages.0.objectives.{name}"
+        assert f"unknown objective (no slot outputs it) '{name}'" in str(err.value) and suggestion in str(err.value)
+    with pytest.raises(ConfigError) as err:
+        resolve_objectives({"rec": 1.0, "loss.rec": 0.5}, provided, "stages.0")
+    assert str(err.value) == ("config key 'stages.0.objectives.loss.rec': 'loss.rec' is listed twice (with and "
+                              "without 'loss.')\n  fix: keep one of the two entries")
+    for weight in (float("inf"), "1"):
+        with pytest.raises(ConfigError) as err:
+            resolve_objectives({"gen": weight}, provided, "stages.0")
+        assert str(err.value) == (f"config key 'stages.0.objectives.gen': the weight must be a finite number, got "
+                                  f"{weight!r}")
+    assert resolve_objectives({"rec": 1, "loss.gen": 0.5}, provided, "s") == {"loss.rec": 1, "loss.gen": 0.5}
+
+
+def test_a_trainer_starts_fresh_by_default_and_says_what_it_does_with_an_existing_run(tmp_path, capsys):
+    from crs.training import Trainer
+    from crs.training.checkpoint import load_checkpoint
+    from crs.training.run_log import console
+
+    def pipeline():
+        toy = _toy_pipeline(_toy_stage(epochs=1), _toy_stage("aux", epochs=1, objectives={"aux": 1.0},
+                                                              train=["aux"]))
+        del toy.resolved  # a pipeline without a resolved config compares as {}
+        return toy
+
+    run_dir = tmp_path / "runs" / "new"  # parents are made
+    with console(debug=False):
+        trainer = Trainer(pipeline(), run_dir, tensorboard=False)
+        assert (trainer.resume, trainer.progress, trainer.log_every) == (False, True, 50)
+        Trainer(pipeline(), tmp_path / "fresh", resume=True, tensorboard=False).fit()
+        trainer.fit()
+        Trainer(pipeline(), run_dir, tensorboard=False).fit()
+        Trainer(pipeline(), run_dir, resume=True, tensorboard=False).fit()
+    warnings = capsys.readouterr().err.splitlines()
+    assert warnings == [
+        f"warning: no checkpoint in {tmp_path / 'fresh'} to resume from; starting a fresh run there",
+        f"warning: {run_dir} already holds a run; starting over and overwriting it (`crs run --resume` would "
+        "continue it instead)",
+        f"warning: the run in {run_dir} had already finished; its final state is loaded"]
+    final = load_checkpoint(run_dir)
+    assert (final["stage_index"], final["epoch"], final["done"], final["global_step"]) == (1, -1, True, 0)
+    assert "rng_by_rank" not in final and not (run_dir / "tensorboard").exists()  # one process; TensorBoard off
+
+
+def test_stage_names_must_differ_and_only_stages_that_train_build_their_strategy(two_ranks):
+    from crs.training import Trainer
+
+    trainer = SimpleNamespace(spec=SimpleNamespace(stages=[_toy_stage(), _toy_stage("conv"), _toy_stage()]))
+    with pytest.raises(ConfigError) as err:
+        Trainer._check_stage_names(trainer)
+    assert str(err.value) == ("config key 'stages.2.name': stage name 'rec' is also used by stage 0\n"
+                              "  fix: give every stage its own name (history is keyed by it)")
+    two_ranks(other=torch.zeros(1))  # under torchrun, the plain strategy is sharded: accepted
+    pipeline = _toy_pipeline(_toy_stage(), _toy_stage("later", epochs=0, strategy={"type": "no such strategy"}))
+    Trainer._check_stage_names(SimpleNamespace(spec=pipeline.spec, pipeline=pipeline))  # 0 epochs: never built
