@@ -348,3 +348,10 @@ def test_adaptation_starts_from_the_earlier_fast_weights_and_keeps_the_rest_of_t
     with pytest.raises(ConfigError) as err:
         UserAdaptProtocol._adapt(None, pipeline, "missing", cfg, None, "evaluation.protocols.0.rec_adapt")
     assert err.value.path == "evaluation.protocols.0.rec_adapt.objectives"
+
+
+def test_the_all_turns_protocol_keeps_its_config():
+    from crs.plugins.metrics.protocols import AllTurnsConfig, AllTurnsProtocol
+
+    config = AllTurnsConfig()
+    assert AllTurnsProtocol(config, BuildDeps(path="evaluation.protocols.0")).config is config

@@ -606,8 +606,11 @@ def test_gathered_objects_come_in_rank_order_and_replicas_that_differ_are_named(
     two_ranks(other=torch.zeros(1))
     others = {"value": None}
 
+    sent = []
+
     def all_gather_object(gathered, value):
         assert gathered == [None, None]
+        sent.append(value)
         gathered[:] = [value, others["value"] if others["value"] is not None else value]
 
     monkeypatch.setattr(torch.distributed, "all_gather_object", all_gather_object)
@@ -616,11 +619,15 @@ def test_gathered_objects_come_in_rank_order_and_replicas_that_differ_are_named(
     model = torch.nn.Linear(2, 1)
     others["value"] = None  # the other rank holds the same state
     check_replicas_agree(model, "rec epoch 2")
+    from crs.training.checksum import state_checksum
+
+    assert sent[-1] == state_checksum(model.state_dict())  # what the ranks compare: the model state's checksum
     others["value"] = "another checksum"
     with pytest.raises(RuntimeError) as err:
         check_replicas_agree(model, "rec epoch 2")
-    assert str(err.value).startswith("rec epoch 2: the model state of rank(s) [1] differs from rank 0's; the "
-                                     "data-parallel replicas went out of step (")
+    assert str(err.value) == ("rec epoch 2: the model state of rank(s) [1] differs from rank 0's; the data-parallel "
+                              "replicas went out of step (a component that changes parameters outside the optimizer, "
+                              "or draws different random numbers into its state?)")
 
 
 def test_a_strategy_that_cannot_be_sharded_is_refused_under_torchrun_by_name(two_ranks):
@@ -628,6 +635,8 @@ def test_a_strategy_that_cannot_be_sharded_is_refused_under_torchrun_by_name(two
 
     two_ranks(other=torch.zeros(1))
     check_strategy(SimpleNamespace(distributed=True), {"type": "plain"}, "stages.0.strategy")
+    with pytest.raises(ConfigError, match=r"the '\{'inner_lr': 0.01\}' training strategy"):
+        check_strategy(SimpleNamespace(), {"inner_lr": 0.01}, "stages.0.strategy")  # no type: the node as written
     for node in ({"type": "maml", "inner_lr": 0.01}, "maml"):
         with pytest.raises(ConfigError) as err:
             check_strategy(SimpleNamespace(), node, "stages.0.strategy")
@@ -1119,7 +1128,7 @@ def test_under_torchrun_the_loss_is_scaled_to_the_global_batch_and_its_parts_are
     # the other rank's shard: 1 sample with loss.rec 0.5 (weighted total 1.0)
     two_ranks(other=torch.tensor([0.5, 1.0, 1.0], dtype=torch.float64))
     loop = _loop(dist=distributed.current())
-    loop.stage.batch_size = 3  # global batches of 3: this rank takes 2 of each
+    loop.samples, loop.stage.batch_size = list(range(9)), 3  # global batches of 3: this rank takes 2 of each
     loop.objectives, loop.plan, loop.wanted = {"loss.rec": 2.0}, SimpleNamespace(path="stages.0"), ("loss.rec",)
     forwarded = []
 
@@ -1141,6 +1150,10 @@ def test_under_torchrun_the_loss_is_scaled_to_the_global_batch_and_its_parts_are
             wrong()
         assert str(err.value) == ("under torchrun, EpochLoop.loss takes the batches of loop.batches() and no "
                                   "fast weights (crs.training.distributed)")
+    loop._forward = lambda batch, wanted: {}  # the model did not output the stage's loss
+    with pytest.raises(ConfigError) as err:
+        loop.loss(next(batches))
+    assert err.value.path == "stages.0.objectives"
 
 # ------------------------------------------------------------------ devices, precision, checksums, lifecycle
 def test_device_names_torch_cannot_train_on_are_refused_naming_the_key():
@@ -1751,7 +1764,7 @@ def _wired_model():
     from crs.shared import SharedRef
 
     tokens = torch.nn.Embedding(3, 2)
-    slots = {name: torch.nn.Linear(1, 1) for name in ("encoder", "rec", "gen")}
+    slots = {name: torch.nn.Linear(1, 1) for name in ("encoder", "rec", "gen", "aux")}
     slots["encoder"].words = SharedRef("tokens", tokens)  # the encoder borrows shared.tokens
     slots["gen"].words = SharedRef("tokens", tokens)
     plans = {("loss.rec",): ["encoder", "rec"], ("loss.gen",): ["gen"], ("loss.other",): ["rec"]}
@@ -1775,14 +1788,21 @@ def test_trained_slots_the_objectives_never_run_are_found(train, objective, unus
     (["rec", "gen"], "trains gen, but none of its objectives (rec) uses its outputs, so the stage does not change "
                      "it; drop it from `train:` or add an objective that needs it"),
     (["encoder", "gen", "shared.tokens"], None),
+    (["encoder", "rec", "gen", "aux"], "trains gen, aux, but none of its objectives (rec, other) uses their outputs, "
+                                       "so the stage does not change them; drop them from `train:` or add an "
+                                       "objective that needs them"),  # two: plural as well
 ])
 def test_the_untouched_slots_warning_names_them_and_the_stages_losses(train, text, caplog):
     from crs.training.stage import warn_untouched_slots
 
     objectives = {"loss.rec": 1.0} if text else {"loss.other": 1.0}
+    model = _wired_model()
+    if "aux" in train:  # two objectives that run encoder and rec between them
+        objectives = {"loss.rec": 1.0, "loss.other": 0.5}
+        model.wiring.plan = lambda objectives: ["encoder", "rec"]
     with caplog.at_level("WARNING", logger="crs.training"):
-        warn_untouched_slots(_wired_model(), train, objectives, "stages.1", "rec")
-    if text is None:  # three unused: plural
+        warn_untouched_slots(model, train, objectives, "stages.1", "rec")
+    if text is None:  # several unused: plural
         text = ("trains encoder, gen, shared.tokens, but none of its objectives (other) uses their outputs, so the "
                 "stage does not change them; drop them from `train:` or add an objective that needs them")
     assert caplog.messages == [f"stages.1.train: stage 'rec' {text}"]
@@ -1835,7 +1855,7 @@ def test_a_stage_says_each_epoch_its_early_stop_and_restore_and_counts_its_time(
     pipeline.spec.stages = [_toy_stage(epochs=4, early_stopping=stopping),
                             _toy_stage("aux", epochs=0, objectives={"aux": 1.0}, train=["aux"])]
     pipeline.model.slots["aux"] = Hooked(4, 1)
-    trainer = Trainer(pipeline, tmp_path, progress=True)
+    trainer = Trainer(pipeline, tmp_path, progress=False)
     with console(debug=False):
         history = trainer.fit()
     said = capsys.readouterr().out.splitlines()
@@ -1849,7 +1869,7 @@ def test_a_stage_says_each_epoch_its_early_stop_and_restore_and_counts_its_time(
     assert trainer.timings["rec"] == {"epochs": 2, "train_s": 2.0, "samples": 2 * 96, "valid_s": 2.0}
     assert events == [("start", "rec", pipeline), ("end", "rec", pipeline),
                       ("start", "aux", pipeline), ("end", "aux", pipeline)]  # a stage of 0 epochs ends too
-    assert [bar["enabled"] for bar in bars] == [True, True]
+    assert [bar["enabled"] for bar in bars] == [False, False]  # the trainer's flag reaches each epoch's bar
     assert built == [norm_parameter_ids(pipeline.model)] * 2
 
 
@@ -1958,3 +1978,68 @@ def test_stage_names_must_differ_and_only_stages_that_train_build_their_strategy
     two_ranks(other=torch.zeros(1))  # under torchrun, the plain strategy is sharded: accepted
     pipeline = _toy_pipeline(_toy_stage(), _toy_stage("later", epochs=0, strategy={"type": "no such strategy"}))
     Trainer._check_stage_names(SimpleNamespace(spec=pipeline.spec, pipeline=pipeline))  # 0 epochs: never built
+
+
+def test_under_torchrun_a_checkpoint_keeps_every_ranks_rng_stream(tmp_path, two_ranks, monkeypatch):
+    from crs.training import Trainer, distributed
+    from crs.training.checkpoint import load_checkpoint
+
+    two_ranks(other=torch.zeros(1))
+    monkeypatch.setattr(distributed, "gather_objects", lambda value: [value, "rank 1's streams"])
+    trainer = SimpleNamespace(_dist=distributed.current(), run_dir=tmp_path, _config={}, model=torch.nn.Linear(1, 1),
+                              history={}, _metrics=SimpleNamespace(size=lambda: 0))
+    Trainer._save(trainer, stage_index=0, epoch=-1, stage_done=True, done=True)
+    saved = load_checkpoint(tmp_path)
+    assert saved["rng_by_rank"][1] == "rank 1's streams" and saved["rng_by_rank"][0] == saved["rng"]
+
+
+def test_a_one_stage_run_ends_with_a_checkpoint_of_stage_0_and_a_resume_with_another_config_names_the_folder(
+        tmp_path):
+    from crs.training import Trainer
+    from crs.training.checkpoint import load_checkpoint
+
+    Trainer(_toy_pipeline(_toy_stage(epochs=1)), tmp_path, tensorboard=False).fit()
+    assert load_checkpoint(tmp_path)["stage_index"] == 0
+    changed = _toy_pipeline(_toy_stage(epochs=1))
+    changed.resolved = {**changed.resolved, "seed": 8}
+    with pytest.raises(ConfigError) as err:
+        Trainer(changed, tmp_path, resume=True, tensorboard=False).fit()
+    assert f"the checkpoint in {tmp_path} was written with a different config" in str(err.value)
+
+
+def test_strategies_are_built_at_their_stages_key_and_torchrun_refuses_one_that_cannot_be_sharded(
+        tmp_path, two_ranks):
+    from crs.training import Trainer
+
+    pipeline = _toy_pipeline(_toy_stage(epochs=1))
+    built, real_build = [], pipeline.build
+    pipeline.build = lambda kind, node, path: built.append((kind, path)) or real_build(kind, node, path)
+    Trainer(pipeline, tmp_path, tensorboard=False, progress=False).fit()
+    assert built == [("training_strategy", "stages.0.strategy")] * 2  # checked before training, then trained
+    two_ranks(other=torch.zeros(1))
+    pipeline.build = lambda kind, node, path: SimpleNamespace()  # a strategy without `distributed`
+    pipeline.spec.stages[0].strategy = {"type": "maml"}
+    with pytest.raises(ConfigError) as err:
+        Trainer._check_stage_names(SimpleNamespace(spec=pipeline.spec, pipeline=pipeline))
+    assert err.value.path == "stages.0.strategy" and "the 'maml' training strategy cannot run under torchrun" in \
+        str(err.value)
+
+
+def test_a_functional_pass_with_an_unknown_parameter_names_it_without_a_config_key():
+    from crs.training.meta import functional_compute
+
+    with pytest.raises(ConfigError) as err:
+        functional_compute(_Offset(), {"x": torch.zeros(())}, _ys(1.0), ["loss.a"])
+    assert err.value.path == "" and str(err.value).startswith("the model has no parameter 'x'.")
+
+
+def test_a_bar_without_a_description_starts_with_its_percentage(monkeypatch):
+    import io
+
+    from crs.training.run_log import progress_bar
+
+    terminal = io.StringIO()
+    terminal.isatty = lambda: True
+    monkeypatch.setattr("sys.stderr", terminal)
+    list(progress_bar(iter(range(2)), enabled=True, total=2))
+    assert terminal.getvalue().startswith("\r  0%|")
