@@ -958,16 +958,22 @@ def test_crs_debug_turns_on_debug_records_and_a_new_set_up_replaces_the_old_hand
     assert not any(isinstance(h, _ConsoleHandler) for h in logger.handlers)
 
 
-def test_a_progress_bar_draws_only_on_a_terminal(monkeypatch, capsys):
+def _terminal(monkeypatch):
+    """stderr as a terminal whose output the test can read."""
     import io
 
+    terminal = io.StringIO()
+    terminal.isatty = lambda: True
+    monkeypatch.setattr("sys.stderr", terminal)
+    return terminal
+
+
+def test_a_progress_bar_draws_only_on_a_terminal(monkeypatch, capsys):
     from crs.training.run_log import progress_bar
 
     assert list(progress_bar(iter(range(3)), enabled=True, total=3, desc="rec")) == [0, 1, 2]
     assert capsys.readouterr().err == ""  # not a terminal: nothing drawn
-    terminal = io.StringIO()
-    terminal.isatty = lambda: True
-    monkeypatch.setattr("sys.stderr", terminal)
+    terminal = _terminal(monkeypatch)
     assert list(progress_bar(iter(range(3)), enabled=False, total=3, desc="rec")) == [0, 1, 2]
     assert terminal.getvalue() == ""  # turned off
     assert list(progress_bar(iter(range(3)), enabled=True, total=3, desc="rec")) == [0, 1, 2]
@@ -1760,6 +1766,11 @@ def test_a_stage_that_lists_no_slot_or_an_unknown_one_is_refused_with_the_slots_
     assert err.value.path == "stages.1.train" and "unknown slot 'recc'" in str(err.value)
 
 
+# the slots each set of objectives runs, in _wired_model
+_PLANS = {("loss.rec",): ["encoder", "rec"], ("loss.gen",): ["gen"], ("loss.other",): ["rec"],
+          ("loss.rec", "loss.other"): ["encoder", "rec"]}
+
+
 def _wired_model():
     from crs.shared import SharedRef
 
@@ -1767,8 +1778,7 @@ def _wired_model():
     slots = {name: torch.nn.Linear(1, 1) for name in ("encoder", "rec", "gen", "aux")}
     slots["encoder"].words = SharedRef("tokens", tokens)  # the encoder borrows shared.tokens
     slots["gen"].words = SharedRef("tokens", tokens)
-    plans = {("loss.rec",): ["encoder", "rec"], ("loss.gen",): ["gen"], ("loss.other",): ["rec"]}
-    return SimpleNamespace(slots=slots, wiring=SimpleNamespace(plan=lambda objectives: plans[tuple(objectives)]))
+    return SimpleNamespace(slots=slots, wiring=SimpleNamespace(plan=lambda objectives: _PLANS[tuple(objectives)]))
 
 
 @pytest.mark.parametrize("train, objective, unused", [
@@ -1784,27 +1794,22 @@ def test_trained_slots_the_objectives_never_run_are_found(train, objective, unus
     assert untouched_slots(SimpleNamespace(slots={}), ["rec"], {objective: 1.0}) == []  # no wiring: nothing known
 
 
-@pytest.mark.parametrize("train, text", [
-    (["rec", "gen"], "trains gen, but none of its objectives (rec) uses its outputs, so the stage does not change "
-                     "it; drop it from `train:` or add an objective that needs it"),
-    (["encoder", "gen", "shared.tokens"], None),
-    (["encoder", "rec", "gen", "aux"], "trains gen, aux, but none of its objectives (rec, other) uses their outputs, "
-                                       "so the stage does not change them; drop them from `train:` or add an "
-                                       "objective that needs them"),  # two: plural as well
+@pytest.mark.parametrize("train, objectives, text", [
+    (["rec", "gen"], ["loss.rec"],
+     "trains gen, but none of its objectives (rec) uses its outputs, so the stage does not change it; drop it from "
+     "`train:` or add an objective that needs it"),
+    (["encoder", "rec", "gen", "aux"], ["loss.rec", "loss.other"],  # two unused: plural
+     "trains gen, aux, but none of its objectives (rec, other) uses their outputs, so the stage does not change "
+     "them; drop them from `train:` or add an objective that needs them"),
+    (["encoder", "gen", "shared.tokens"], ["loss.other"],
+     "trains encoder, gen, shared.tokens, but none of its objectives (other) uses their outputs, so the stage does "
+     "not change them; drop them from `train:` or add an objective that needs them"),
 ])
-def test_the_untouched_slots_warning_names_them_and_the_stages_losses(train, text, caplog):
+def test_the_untouched_slots_warning_names_them_and_the_stages_losses(train, objectives, text, caplog):
     from crs.training.stage import warn_untouched_slots
 
-    objectives = {"loss.rec": 1.0} if text else {"loss.other": 1.0}
-    model = _wired_model()
-    if "aux" in train:  # two objectives that run encoder and rec between them
-        objectives = {"loss.rec": 1.0, "loss.other": 0.5}
-        model.wiring.plan = lambda objectives: ["encoder", "rec"]
     with caplog.at_level("WARNING", logger="crs.training"):
-        warn_untouched_slots(model, train, objectives, "stages.1", "rec")
-    if text is None:  # several unused: plural
-        text = ("trains encoder, gen, shared.tokens, but none of its objectives (other) uses their outputs, so the "
-                "stage does not change them; drop them from `train:` or add an objective that needs them")
+        warn_untouched_slots(_wired_model(), train, dict.fromkeys(objectives, 1.0), "stages.1", "rec")
     assert caplog.messages == [f"stages.1.train: stage 'rec' {text}"]
 
 
@@ -2034,12 +2039,8 @@ def test_a_functional_pass_with_an_unknown_parameter_names_it_without_a_config_k
 
 
 def test_a_bar_without_a_description_starts_with_its_percentage(monkeypatch):
-    import io
-
     from crs.training.run_log import progress_bar
 
-    terminal = io.StringIO()
-    terminal.isatty = lambda: True
-    monkeypatch.setattr("sys.stderr", terminal)
+    terminal = _terminal(monkeypatch)
     list(progress_bar(iter(range(2)), enabled=True, total=2))
     assert terminal.getvalue().startswith("\r  0%|")
